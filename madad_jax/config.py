@@ -1,0 +1,190 @@
+"""Default configuration shared by every `configs/*.py` file.
+
+Each config file calls `default_config()` and overrides what differs. Every key can be
+overridden on the command line: `--config.train.batch_size=32`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# The reference's UNet presets: (model_channels, num_heads).
+UNET_PRESETS = {
+    "UNet_XS": (64, 4),
+    "UNet_S": (128, 4),
+    "UNet_M": (192, 6),
+    "UNet_L": (256, 8),
+    "UNet_XL": (320, 12),
+}
+
+# DiT presets: (hidden_size, depth, num_heads), as in Peebles & Xie.
+DIT_PRESETS = {
+    "DiT_S": (384, 12, 6),
+    "DiT_B": (768, 12, 12),
+    "DiT_L": (1024, 24, 16),
+    "DiT_XL": (1152, 28, 16),
+}
+
+
+def medical_vae() -> ml_collections.ConfigDict:
+    """The reference's KL-f8 medical autoencoder (ddconfig + embed_dim), 256x256."""
+    return ml_collections.ConfigDict(
+        dict(
+            ch=128,
+            ch_mult=(1, 2, 4, 4),
+            num_res_blocks=2,
+            attn_resolutions=(),
+            z_channels=4,
+            double_z=True,
+            in_channels=1,
+            out_ch=1,
+            resolution=256,
+            dropout=0.0,
+            embed_dim=4,
+        )
+    )
+
+
+def unet(preset: str = "UNet_L") -> ml_collections.ConfigDict:
+    """The reference's UNetModel keyword arguments for a preset."""
+    mc, heads = UNET_PRESETS[preset]
+    return ml_collections.ConfigDict(
+        dict(
+            model_channels=mc,
+            num_res_blocks=2,
+            attention_resolutions=(4, 2, 1),
+            channel_mult=(1, 2, 4),
+            num_heads=heads,
+            in_channels=4,
+            out_channels=4,
+            dropout=0.4,
+        )
+    )
+
+
+def dit(preset: str = "DiT_B", patch_size: int = 2) -> ml_collections.ConfigDict:
+    hidden, depth, heads = DIT_PRESETS[preset]
+    return ml_collections.ConfigDict(
+        dict(
+            hidden_size=hidden,
+            depth=depth,
+            num_heads=heads,
+            patch_size=patch_size,
+            mlp_ratio=4.0,
+            in_channels=4,
+            out_channels=4,
+            dropout=0.0,
+            scan_layers=True,
+            remat=False,
+        )
+    )
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.mode = "train_and_evaluate"  # train | evaluate | predict | train_and_evaluate
+    c.checkpoint = ""  # an Orbax checkpoint to load instead of the workdir's latest
+    c.verbose = False
+    c.image_size = 256
+    c.latent_scale = 0.18215
+
+    c.vae = medical_vae()
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "unet"  # unet | dit
+    c.model.unet = unet("UNet_L")
+    c.model.dit = dit("DiT_B", 2)
+    c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay fp32)
+    c.model.attention = "auto"  # auto | xla | cudnn  (jax.nn.dot_product_attention impl)
+
+    c.diffusion = ml_collections.ConfigDict(
+        dict(
+            num_steps=10,
+            patch_sizes=(1, 2, 4, 8),
+            patch_probs=(0.2, 0.3, 0.3, 0.2),
+            max_noised_frac=0.4,
+            brain_threshold=0.9,
+            mask_loss="mse",  # mse (reference code) | bce (paper)
+            mask_loss_weight=0.001,
+        )
+    )
+
+    c.sample = ml_collections.ConfigDict(
+        dict(
+            ddim_steps=10,
+            eta=0.5,
+            map_source="image",  # image | latent | mask
+            clip=0.25,
+            scale=4.0,
+            sigma=5.0,
+            batch_size=16,
+            seed=0,
+        )
+    )
+
+    c.data = ml_collections.ConfigDict(
+        dict(
+            kind="arrayrecord",  # arrayrecord | png | demo
+            train_path="",  # ArrayRecord shard pattern or directory
+            val_path="",
+            test_path="",
+            png_root="",  # reference PNG layout root
+            split="test",
+            modality="T2",
+            latent_cache="",  # ArrayRecord of VAE posterior moments; empty: encode on the fly
+            augment=True,
+            num_workers=0,
+            shuffle_seed=0,
+            bad_input="skip",  # skip | stop
+        )
+    )
+
+    c.train = ml_collections.ConfigDict(
+        dict(
+            num_steps=100_000,
+            batch_size=96,
+            seed=0,
+            lr=4e-5,
+            weight_decay=1e-4,
+            warmup_steps=5_000,
+            schedule="cosine",  # cosine | constant
+            ema=False,
+            ema_decay=0.9999,
+            grad_clip=0.0,  # 0: none (reference)
+            log_every_steps=50,
+            checkpoint_every_steps=1_000,
+            keep_checkpoints=3,
+            eval_every_steps=0,  # 0: only at the end
+        )
+    )
+
+    # Autoencoder training (the demo and new data sets need their own VAE).
+    c.vae_train = ml_collections.ConfigDict(
+        dict(
+            enabled=False,
+            checkpoint="",  # load a trained VAE from here instead of training
+            num_steps=20_000,
+            batch_size=16,
+            lr=4.5e-6,
+            kl_weight=1e-6,
+            gan_weight=0.0,  # > 0 turns on the patch-GAN term
+            gan_start_step=5_000,
+            log_every_steps=50,
+            checkpoint_every_steps=1_000,
+        )
+    )
+
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, param_sharding="replicated"))
+
+    c.evaluate = ml_collections.ConfigDict(
+        dict(
+            protocols=("slice",),  # slice (reference) and/or volume (Behrendt et al.)
+            batch_size=16,
+            max_examples=0,  # 0: all
+        )
+    )
+
+    c.predict = ml_collections.ConfigDict(
+        dict(input="", brainmask="", segmentation="", output="", axis=2)
+    )
+    return c
