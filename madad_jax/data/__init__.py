@@ -1,0 +1,1 @@
+"""Data: reference PNG slices and NIfTI volumes -> ArrayRecord shards -> grain pipelines."""

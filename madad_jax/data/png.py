@@ -1,0 +1,131 @@
+"""Slices in the reference's PNG layout: `{root}/{split}/{id}-slice_{k}-{MODALITY}.png`.
+
+Each image has a `-brainmask.png` next to it and, for test splits, a `-segmentation.png`.
+They are read the way the reference's data loader reads them: converted to 8-bit grayscale,
+resized to `image_size` with Pillow's default filter for that mode (bicubic for "L"),
+zeroed where the resized brain mask is 0, divided by 255 and mapped to [-1, 1]. Masks are
+binarized with `> 0` after resizing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from madad_jax.data.errors import BadInputError, apply_policy, check_policy
+
+Image.MAX_IMAGE_PIXELS = None
+
+
+def _read_gray(path: Path, image_size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Read a PNG as 8-bit grayscale resized to image_size; also return its original size."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            size = im.size
+            arr = np.asarray(im.convert("L").resize((image_size, image_size)), dtype=np.uint8)
+    except FileNotFoundError as err:
+        raise BadInputError(path, "file not found") from err
+    except UnidentifiedImageError as err:
+        raise BadInputError(path, "not a readable image (corrupt or wrong format)") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise BadInputError(path, f"cannot decode image ({err})") from err
+    return arr, size
+
+
+def slice_paths(stem: Path, modality: str) -> dict[str, Path]:
+    """The image / brainmask / segmentation paths of one slice, given its stem."""
+    return {
+        "image": stem.parent / f"{stem.name}-{modality}.png",
+        "brainmask": stem.parent / f"{stem.name}-brainmask.png",
+        "segmentation": stem.parent / f"{stem.name}-segmentation.png",
+    }
+
+
+def list_slices(root: str | os.PathLike, split: str, modality: str) -> list[Path]:
+    """Sorted slice stems (paths without `-{MODALITY}.png`) in `{root}/{split}`."""
+    folder = Path(root) / split
+    suffix = f"-{modality}.png"
+    try:
+        names = sorted(os.listdir(folder))
+    except FileNotFoundError as err:
+        raise BadInputError(folder, "directory not found") from err
+    except NotADirectoryError as err:
+        raise BadInputError(folder, "not a directory") from err
+    except PermissionError as err:
+        raise BadInputError(folder, "directory is not readable (permission denied)") from err
+    stems = [folder / n[: -len(suffix)] for n in names if n.endswith(suffix)]
+    if not stems:
+        present = sorted({n.rsplit("-", 1)[-1][:-4] for n in names if n.endswith(".png")})
+        hint = f"; modalities present: {', '.join(present)}" if present else ""
+        raise BadInputError(folder, f"no '*{suffix}' slices for modality {modality}{hint}")
+    return stems
+
+
+def read_slice(
+    stem: Path, modality: str, image_size: int, with_segmentation: bool
+) -> dict[str, np.ndarray]:
+    """One slice as the reference's test loader yields it (before batching)."""
+    paths = slice_paths(stem, modality)
+    img, size = _read_gray(paths["image"], image_size)
+    mask, mask_size = _read_gray(paths["brainmask"], image_size)
+    if mask_size != size:
+        raise BadInputError(
+            paths["brainmask"], f"brain mask is {mask_size[::-1]} but the image is {size[::-1]}"
+        )
+    img = img.copy()
+    img[mask == 0] = 0
+    if not mask.any():
+        raise BadInputError(paths["brainmask"], "empty brain mask")
+    out = {
+        # Same float32 operations, in the same order, as the reference's loader.
+        "image": (img.astype(np.float32) / np.float32(255.0) - np.float32(0.5)) / np.float32(0.5),
+        "brainmask": (mask > 0).astype(np.float32),
+    }
+    if with_segmentation:
+        seg, seg_size = _read_gray(paths["segmentation"], image_size)
+        if seg_size != size:
+            raise BadInputError(
+                paths["segmentation"],
+                f"segmentation is {seg_size[::-1]} but the image is {size[::-1]}",
+            )
+        out["segmentation"] = (seg > 0).astype(np.int32)
+    return out
+
+
+def read_reference_split(
+    root: str | os.PathLike,
+    split: str,
+    modality: str,
+    image_size: int,
+    *,
+    bad_input: str = "stop",
+) -> dict:
+    """Read every slice of one split of the reference's PNG layout.
+
+    Returns images (N,H,W,1) float32 in [-1,1], brainmasks (N,H,W) float32 in {0,1},
+    segmentations (N,H,W) int32 in {0,1} (None when the split has no segmentation files) and
+    names (file names without `-{MODALITY}.png`, sorted). Bad files raise BadInputError, or
+    with `bad_input="skip"` are logged and left out.
+    """
+    check_policy(bad_input)
+    stems = list_slices(root, split, modality)
+    has_seg = [slice_paths(s, modality)["segmentation"].exists() for s in stems]
+    with_seg = any(has_seg)
+    rows, names = [], []
+    for stem in stems:
+        row = apply_policy(lambda s=stem: read_slice(s, modality, image_size, with_seg), bad_input)
+        if row is not None:
+            rows.append(row)
+            names.append(stem.name)
+    if not rows:
+        raise BadInputError(Path(root) / split, "no usable slices")
+    return {
+        "images": np.stack([r["image"] for r in rows])[..., None],
+        "brainmasks": np.stack([r["brainmask"] for r in rows]),
+        "segmentations": np.stack([r["segmentation"] for r in rows]) if with_seg else None,
+        "names": names,
+    }
