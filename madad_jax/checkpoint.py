@@ -8,6 +8,9 @@ their own items (optimizer state, EMA, data iterator, ...) beside these.
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import json
 import os
 from typing import Any
 
@@ -97,3 +100,159 @@ def _tuplify(x: Any) -> Any:
     if isinstance(x, list):
         return tuple(_tuplify(v) for v in x)
     return x
+
+
+# ------------------------------------------------------------------- training checkpoints
+#
+# A training checkpoint step holds, beside `params` and `arch`:
+#   opt_state  the optimizer state (StandardSave)
+#   ema        EMA denoiser parameters, when train.ema is on (StandardSave)
+#   rng        the base PRNG key (StandardSave); step keys are fold_in(rng, step)
+#   step       {"step": int} (JSON)
+#   data_iter  one JSON file per process: the data iterator's position
+#   config     the full run config (JSON)
+#   metrics    the last logged training metrics (JSON)
+
+
+class IteratorStateHandler(ocp.CheckpointHandler):
+    """Saves a data iterator state captured by the caller, one file per process.
+
+    Unlike grain's own handler, the state is taken synchronously by the training loop before
+    the save starts, so an async save can never record a later iterator position.
+    """
+
+    def save(self, directory, args: IteratorStateSave):
+        directory.joinpath(_iter_file()).write_text(args.state)
+
+    def restore(self, directory, args: IteratorStateRestore | None = None) -> str:
+        path = directory / _iter_file()
+        if not path.exists():
+            found = sorted(p.name for p in directory.iterdir())
+            raise ValueError(
+                f"{path}: no data iterator state for this process (found {found}); resume "
+                "with the same number of processes that wrote the checkpoint"
+            )
+        return path.read_text()
+
+    def metadata(self, directory):
+        return None
+
+    def structure(self, directory):
+        return None
+
+    def finalize(self, directory):
+        pass
+
+    def close(self):
+        pass
+
+
+def _iter_file() -> str:
+    return f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+
+
+@ocp.args.register_with_handler(IteratorStateHandler, for_save=True)
+@dataclasses.dataclass
+class IteratorStateSave(ocp.args.CheckpointArgs):
+    state: str
+
+
+@ocp.args.register_with_handler(IteratorStateHandler, for_restore=True)
+@dataclasses.dataclass
+class IteratorStateRestore(ocp.args.CheckpointArgs):
+    pass
+
+
+def train_manager(directory: str, keep: int | None, async_save: bool = True):
+    """The run's CheckpointManager: keep the newest `keep`, async saves, tmp dirs cleaned.
+
+    Orbax writes each step into a temporary directory and renames it when complete, so a
+    process killed mid-save leaves no step that a later restore would pick up.
+    """
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep if keep and keep > 0 else None,
+        create=True,
+        cleanup_tmp_directories=True,
+        enable_async_checkpointing=async_save,
+    )
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def encode_iterator_state(state: Any) -> str:
+    """JSON text for a grain iterator state (a dict for datasets, bytes for DataLoader)."""
+    if isinstance(state, bytes):
+        return json.dumps({"bytes_b64": base64.b64encode(state).decode("ascii")})
+    return json.dumps({"json": state})
+
+
+def decode_iterator_state(text: str) -> Any:
+    obj = json.loads(text)
+    if "bytes_b64" in obj:
+        return base64.b64decode(obj["bytes_b64"])
+    return obj["json"]
+
+
+def save_train_state(
+    mngr: ocp.CheckpointManager,
+    step: int,
+    state: dict[str, Any],
+    arch: dict[str, Any],
+    config_json: dict[str, Any],
+    data_state: Any = None,
+    metrics: dict[str, Any] | None = None,
+) -> bool:
+    """Start an (async) save of a training state at `step`; returns whether it started.
+
+    `state` is the training pytree: `params`, `opt_state`, `rng`, and optionally `ema`.
+    """
+    items = dict(
+        params=ocp.args.StandardSave(state["params"]),
+        arch=ocp.args.JsonSave(_jsonable(arch)),
+        opt_state=ocp.args.StandardSave(state["opt_state"]),
+        rng=ocp.args.StandardSave({"key": state["rng"]}),
+        step=ocp.args.JsonSave({"step": int(step)}),
+        config=ocp.args.JsonSave(_jsonable(config_json)),
+        metrics=ocp.args.JsonSave(_jsonable(metrics or {})),
+    )
+    if state.get("ema") is not None:
+        items["ema"] = ocp.args.StandardSave(state["ema"])
+    if data_state is not None:
+        items["data_iter"] = IteratorStateSave(encode_iterator_state(data_state))
+    return mngr.save(step, args=ocp.args.Composite(**items), force=True)
+
+
+def step_items(mngr: ocp.CheckpointManager, step: int) -> set[str]:
+    """The item names stored at `step`."""
+    path = os.path.join(os.fspath(mngr.directory), str(step))
+    return {p for p in os.listdir(path) if os.path.isdir(os.path.join(path, p))}
+
+
+def restore_train_state(
+    mngr: ocp.CheckpointManager, step: int, abstract_state: dict[str, Any]
+) -> tuple[dict[str, Any], Any]:
+    """Restore `(state, data_iterator_state or None)` at `step`.
+
+    `abstract_state` gives shapes, dtypes and shardings (`jax.ShapeDtypeStruct` leaves with
+    `sharding`), so each process reads only its own shards.
+    """
+    have = step_items(mngr, step)
+    names = ["params", "opt_state", "rng"] + (
+        ["ema"] if abstract_state.get("ema") is not None else []
+    )
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise ValueError(
+            f"{mngr.directory}/{step}: checkpoint lacks {missing} (was train.ema changed?)"
+        )
+    targets = {n: abstract_state[n] for n in names}
+    targets["rng"] = {"key": abstract_state["rng"]}
+    items = {n: ocp.args.StandardRestore(targets[n]) for n in names}
+    items["step"] = ocp.args.JsonRestore()
+    if "data_iter" in have:
+        items["data_iter"] = IteratorStateRestore()
+    out = mngr.restore(step, args=ocp.args.Composite(**items))
+    state = {n: out[n] for n in names}
+    state["rng"] = out["rng"]["key"]
+    state["step"] = int(out["step"]["step"])
+    data_state = decode_iterator_state(out["data_iter"]) if "data_iter" in have else None
+    return state, data_state

@@ -1,0 +1,173 @@
+"""The main job: `python -m madad_jax.main --config=configs/NAME.py --workdir=DIR`.
+
+`config.mode` picks what runs: `train`, `evaluate`, `predict` or `train_and_evaluate`. Any
+config key can be overridden on the command line (`--config.train.batch_size=32`).
+
+On several hosts (a Cloud TPU pod slice, a SLURM job, or processes given
+`JAX_COORDINATOR_ADDRESS` / `--config.distributed.*`), `jax.distributed.initialize` runs
+before anything touches a device.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a configs/*.py file defining get_config().", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, results.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show full tracebacks and library logs.")
+
+MODES = ("train", "evaluate", "predict", "train_and_evaluate")
+
+
+def bad_input_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "the user's input is unusable" (reported in one line)."""
+    errors: list[type[BaseException]] = [FileNotFoundError, NotADirectoryError,
+                                         IsADirectoryError, PermissionError, ValueError]
+    for module, name in (
+        ("madad_jax.data.errors", "BadInputError"),
+    ):
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            continue
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            errors.append(cls)
+    return tuple(errors)
+
+
+def describe(err: BaseException) -> str:
+    """One line naming the file (when known) and the problem."""
+    if isinstance(err, OSError) and err.filename:
+        msg = f"{err.filename}: {err.strerror or err}"
+    else:
+        msg = str(err) or type(err).__name__
+    return " ".join(msg.split())
+
+
+def _env_int(*names: str) -> int:
+    for n in names:
+        v = os.environ.get(n)
+        if v and v.strip().lstrip("-").isdigit():
+            return int(v)
+    return 0
+
+
+def multihost_requested(config) -> bool:
+    """Whether this process is one of several that must form a JAX distributed system."""
+    d = config.get("distributed")
+    choice = str(d.initialize if d is not None else "auto").lower()
+    if choice in ("on", "true", "1", "yes"):
+        return True
+    if choice in ("off", "false", "0", "no"):
+        return False
+    if choice != "auto":
+        raise ValueError(f"distributed.initialize must be auto | on | off, not {choice!r}")
+    if d is not None and d.coordinator_address:
+        return True
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        return True
+    # SLURM (srun) and Open MPI (mpirun): jax detects the rest from these variables.
+    return _env_int("SLURM_NTASKS", "SLURM_NPROCS", "OMPI_COMM_WORLD_SIZE") > 1
+
+
+def initialize_distributed(config) -> bool:
+    """Call `jax.distributed.initialize` when launched multi-host; True if it did."""
+    if not multihost_requested(config):
+        return False
+    import jax
+
+    # Cross-process collectives on CPU need gloo (the default CPU client has none).
+    if not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    d = config.get("distributed")
+    kwargs = {}
+    if d is not None:
+        if d.coordinator_address:
+            kwargs["coordinator_address"] = d.coordinator_address
+        if int(d.num_processes) > 0:
+            kwargs["num_processes"] = int(d.num_processes)
+        if int(d.process_id) >= 0:
+            kwargs["process_id"] = int(d.process_id)
+    jax.distributed.initialize(**kwargs)
+    return True
+
+
+def run(config, workdir: str) -> None:
+    mode = config.mode
+    if mode not in MODES:
+        raise ValueError(f"config.mode must be one of {MODES}, not {mode!r}")
+    if mode in ("train", "train_and_evaluate"):
+        importlib.import_module("madad_jax.train").run(config, workdir)
+    if mode in ("evaluate", "train_and_evaluate"):
+        importlib.import_module("madad_jax.evaluate").run(config, workdir)
+    if mode == "predict":
+        importlib.import_module("madad_jax.predict").run(config, workdir)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    config = _CONFIG.value
+    if config is None:
+        _fail("--config=configs/NAME.py is required")
+    if not _WORKDIR.value:
+        _fail("--workdir=DIR is required")
+    verbose = bool(_VERBOSE.value or config.get("verbose", False))
+    if not verbose:
+        absl_logging.set_verbosity(absl_logging.WARNING)
+    try:
+        initialize_distributed(config)
+        run(config, _WORKDIR.value)
+    except KeyboardInterrupt:
+        if verbose:
+            raise
+        _fail("interrupted", code=130)
+    except bad_input_errors() as err:
+        if verbose:
+            raise
+        _fail(describe(err))
+
+
+def _fail(message: str, code: int = 1) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def _config_path(argv: list[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a.startswith("--config="):
+            return a.split("=", 1)[1].split(":", 1)[0]
+        if a == "--config" and i + 1 < len(argv):
+            return argv[i + 1].split(":", 1)[0]
+    return None
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, but a bad flag or config file is one stderr line, not a usage dump."""
+    verbose = "--verbose" in argv
+    path = _config_path(argv)
+    if path is not None and not os.path.isfile(path):
+        _fail(f"{path}: no such config file")
+    try:
+        rest = flags.FLAGS(argv)
+        if _CONFIG.value is not None:
+            _CONFIG.value.keys()  # the config loads lazily: surface its errors here
+        return rest
+    except Exception as err:  # a config file that fails to load, a bad override
+        if verbose:
+            raise
+        where = f"{path}: " if path and path not in str(err) else ""
+        _fail(where + describe(err))
+    return []
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse_flags)
