@@ -1,0 +1,204 @@
+"""From a loaded subject to 2D training / test slices, and from slices back to its volume.
+
+Steps: percentile intensity normalization inside the brain mask; slicing along one axis of
+the RAS+ volume (axis 2 = axial); a 90-degree rotation so that anterior is up; an optional
+crop to the brain's bounding box; zero-padding to a square; resizing to `image_size`
+(linear for the image, nearest for masks). Every step is recorded in a JSON-able
+`geometry` so that per-slice results map back into the input's own voxel grid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import numpy as np
+from nibabel import orientations as ornt
+from scipy import ndimage
+
+from madad_jax.data.errors import BadInputError
+from madad_jax.data.nifti import Subject
+
+POLICIES = ("all", "middle", "healthy", "largest_lesion")
+
+
+@dataclasses.dataclass(frozen=True)
+class SliceOptions:
+    """How volumes become slices.
+
+    policy: "all" brain slices; "middle": the central `middle_fraction` of the brain's
+      extent (S1); "healthy": brain slices without lesion voxels (training);
+      "largest_lesion": the one slice per volume with the most lesion voxels (S2 test).
+    A "brain slice" has a brain area of at least `min_brain_fraction` of the volume's
+    largest slice area.
+    fit: "pad" keeps the whole plane (padded to a square); "brain" first crops it to the
+      brain's bounding box (over all slices of the volume) plus `margin` voxels.
+    """
+
+    image_size: int = 256
+    axis: int = 2
+    policy: str = "all"
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    min_brain_fraction: float = 0.1
+    middle_fraction: float = 0.5
+    fit: str = "pad"
+    margin: int = 4
+
+    def __post_init__(self):
+        if self.policy not in POLICIES:
+            raise ValueError(f"slice policy must be one of {POLICIES}, got {self.policy!r}")
+        if self.fit not in ("pad", "brain"):
+            raise ValueError(f"fit must be 'pad' or 'brain', got {self.fit!r}")
+        if self.axis not in (0, 1, 2):
+            raise ValueError(f"axis must be 0, 1 or 2, got {self.axis}")
+        lo, hi = self.percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ValueError(f"need 0 <= lo < hi <= 100 percentiles, got {self.percentiles}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["percentiles"] = list(self.percentiles)
+        return d
+
+
+def normalize_percentile(
+    volume: np.ndarray, mask: np.ndarray, percentiles: tuple[float, float], path: str = ""
+) -> np.ndarray:
+    """Scale intensities so the brain's [lo, hi] percentiles map to [0, 1], clipped; 0 outside."""
+    inside = volume[mask]
+    lo, hi = np.percentile(inside, percentiles).astype(np.float32)
+    if not hi > lo:
+        raise BadInputError(path, "constant intensity inside the brain mask")
+    out = np.clip((volume.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    out[~mask] = 0.0
+    return out
+
+
+def select_slices(
+    brain_area: np.ndarray, lesion_area: np.ndarray | None, opts: SliceOptions
+) -> list[int]:
+    """Indices of the slices kept by `opts.policy`, given per-slice voxel counts."""
+    if opts.policy == "largest_lesion":
+        if lesion_area is None or lesion_area.max() == 0:
+            return []
+        return [int(np.argmax(lesion_area))]
+    keep = brain_area >= max(1.0, opts.min_brain_fraction * float(brain_area.max()))
+    idx = np.flatnonzero(keep)
+    if opts.policy == "middle" and idx.size:
+        first, last = int(idx[0]), int(idx[-1])
+        half = (last - first + 1) * opts.middle_fraction / 2
+        centre = (first + last) / 2
+        idx = idx[(idx >= centre - half) & (idx <= centre + half)]
+    if opts.policy == "healthy" and lesion_area is not None:
+        idx = idx[lesion_area[idx] == 0]
+    return [int(i) for i in idx]
+
+
+def _plane(volume: np.ndarray, index: int, axis: int) -> np.ndarray:
+    return np.rot90(np.take(volume, index, axis=axis))
+
+
+def _box(union: np.ndarray, opts: SliceOptions) -> tuple[int, int, int, int]:
+    h, w = union.shape
+    if opts.fit == "pad":
+        return 0, h, 0, w
+    rows, cols = np.flatnonzero(union.any(1)), np.flatnonzero(union.any(0))
+    m = opts.margin
+    return (max(0, rows[0] - m), min(h, rows[-1] + 1 + m),
+            max(0, cols[0] - m), min(w, cols[-1] + 1 + m))
+
+
+def _fit(plane: np.ndarray, geom: dict, order: int) -> np.ndarray:
+    """Crop, pad to a square and resize one rotated plane."""
+    r0, r1, c0, c1 = geom["crop"]
+    pt, pl = geom["pad"]
+    side, size = geom["side"], geom["image_size"]
+    square = np.zeros((side, side), plane.dtype)
+    square[pt : pt + r1 - r0, pl : pl + c1 - c0] = plane[r0:r1, c0:c1]
+    if side == size:
+        return square
+    return ndimage.zoom(square, size / side, order=order, mode="grid-constant", grid_mode=True)
+
+
+def volume_geometry(subject: Subject, opts: SliceOptions) -> dict[str, Any]:
+    """The JSON-able mapping between the subject's voxel grid and its slices."""
+    vol = subject.image
+    union = np.rot90(subject.brainmask.any(axis=opts.axis))
+    r0, r1, c0, c1 = _box(union, opts)
+    h, w = r1 - r0, c1 - c0
+    side = max(h, w)
+    return {
+        "axis": opts.axis,
+        "plane": list(union.shape),
+        "crop": [int(r0), int(r1), int(c0), int(c1)],
+        "pad": [(side - h) // 2, (side - w) // 2],
+        "side": int(side),
+        "image_size": opts.image_size,
+        "canonical_shape": list(vol.data.shape),
+        "native_shape": list(vol.shape),
+        "orientation": vol.orientation.tolist(),
+    }
+
+
+def subject_slices(subject: Subject, opts: SliceOptions) -> list[dict[str, Any]]:
+    """The slices `opts.policy` keeps, each with image, masks and slice-level provenance."""
+    axis = opts.axis
+    other = tuple(a for a in range(3) if a != axis)
+    brain_area = subject.brainmask.sum(axis=other)
+    lesion_area = None if subject.segmentation is None else subject.segmentation.sum(axis=other)
+    if opts.policy == "largest_lesion" and subject.segmentation is None:
+        raise BadInputError(subject.image.path, "policy largest_lesion needs a segmentation")
+    indices = select_slices(brain_area, lesion_area, opts)
+    if not indices:
+        return []
+    norm = normalize_percentile(
+        subject.image.data, subject.brainmask, opts.percentiles, subject.image.path
+    )
+    geom = volume_geometry(subject, opts)
+    geom_json = json.dumps(geom, sort_keys=True)
+    out = []
+    for k in indices:
+        img = np.clip(_fit(_plane(norm, k, axis), geom, order=1), 0.0, 1.0)
+        mask = _fit(_plane(subject.brainmask.astype(np.uint8), k, axis), geom, order=0)
+        img[mask == 0] = 0.0
+        row = {
+            "image": (img * np.float32(2.0) - np.float32(1.0)).astype(np.float32),
+            "brainmask": mask.astype(np.uint8),
+            "slice_index": k,
+            "axis": axis,
+            "geometry": geom_json,
+            "lesion_area": 0 if lesion_area is None else int(lesion_area[k]),
+        }
+        if subject.segmentation is not None:
+            row["segmentation"] = _fit(_plane(subject.segmentation, k, axis), geom, order=0)
+        out.append(row)
+    return out
+
+
+def slices_to_volume(
+    slices: np.ndarray, indices: list[int] | np.ndarray, geometry: dict | str, order: int = 1
+) -> np.ndarray:
+    """Place per-slice maps (n, image_size, image_size) back into the input's voxel grid.
+
+    The inverse of `subject_slices`' geometry: resize back, un-pad, un-crop, un-rotate,
+    stack along the slicing axis and undo the canonical reorientation. Voxels of slices
+    that are not given are 0.
+    """
+    g = json.loads(geometry) if isinstance(geometry, str) else geometry
+    canonical = np.zeros(g["canonical_shape"], np.float32)
+    r0, r1, c0, c1 = g["crop"]
+    pt, pl = g["pad"]
+    side, size = g["side"], g["image_size"]
+    for sl, k in zip(np.asarray(slices, np.float32), indices, strict=True):
+        if side != size:
+            sl = ndimage.zoom(sl, side / size, order=order, mode="grid-constant", grid_mode=True)
+        plane = np.zeros(g["plane"], np.float32)
+        plane[r0:r1, c0:c1] = sl[pt : pt + r1 - r0, pl : pl + c1 - c0]
+        index = [slice(None)] * 3
+        index[g["axis"]] = int(k)
+        canonical[tuple(index)] = np.rot90(plane, -1)
+    back = ornt.ornt_transform(
+        ornt.axcodes2ornt(("R", "A", "S")), np.asarray(g["orientation"], dtype=float)
+    )
+    return np.ascontiguousarray(ornt.apply_orientation(canonical, back))

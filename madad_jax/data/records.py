@@ -1,0 +1,214 @@
+"""The record codec and the ArrayRecord shard files that hold one record per slice.
+
+A record is a msgpack map. Arrays are stored as raw bytes with their dtype and shape;
+strings, numbers, booleans and None are stored as they are. A slice record holds
+`image` (H,W) float32 in [-1,1] (-1 outside the brain), `brainmask` (H,W) uint8,
+`segmentation` (H,W) uint8 when the source has one, and its provenance: `source`,
+`subject`, `name`, `modality`, `slice_index`, `axis`, `affine` (4,4) float64 and
+`geometry` (JSON: how the slice maps back into its volume).
+
+Shards are written under a temporary name and renamed when complete, so a reader never
+sees a partial shard. Shard files are named `{split}.array_record-{i:05d}-of-{n:05d}` and
+each shard set has a JSON manifest `{split}.manifest.json`.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import msgpack
+import numpy as np
+
+FORMAT = "madad-jax-slices/1"
+_ND = "__nd__"
+_SHARD_RE = re.compile(r"^(?P<split>.+)\.array_record-(?P<i>\d{5})-of-(?P<n>\d{5})$")
+
+
+def _pack(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        arr = np.ascontiguousarray(value)
+        return {_ND: True, "dtype": arr.dtype.str, "shape": list(arr.shape), "data": arr.tobytes()}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Mapping):
+        return {str(k): _pack(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_pack(v) for v in value]
+    return value
+
+
+def _unpack(value: Any) -> Any:
+    if isinstance(value, dict):
+        if value.get(_ND) is True:
+            arr = np.frombuffer(value["data"], dtype=np.dtype(value["dtype"]))
+            return arr.reshape(value["shape"]).copy()
+        return {k: _unpack(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unpack(v) for v in value]
+    return value
+
+
+def encode_record(example: Mapping[str, Any]) -> bytes:
+    """Serialize a dict of numpy arrays and plain values."""
+    return msgpack.packb(_pack(example), use_bin_type=True)
+
+
+def decode_record(data: bytes) -> dict[str, Any]:
+    """Inverse of `encode_record`; arrays come back writable with their dtype and shape."""
+    return _unpack(msgpack.unpackb(data, raw=False))
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+    return f"{split}.array_record-{index:05d}-of-{count:05d}"
+
+
+def manifest_name(split: str) -> str:
+    return f"{split}.manifest.json"
+
+
+def tmp_name(path: str) -> str:
+    return f"{path}.tmp-{os.getpid()}"
+
+
+def is_shard_file(name: str, split: str | None = None) -> bool:
+    m = _SHARD_RE.match(os.path.basename(name))
+    return bool(m) and (split is None or m["split"] == split)
+
+
+class ShardWriter:
+    """Write records to `path` atomically: a temporary file, renamed on `close()`.
+
+    Used as a context manager; if the block raises, the temporary file is removed and
+    `path` is left untouched.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        from array_record.python.array_record_module import ArrayRecordWriter
+
+        self.path = os.fspath(path)
+        self._tmp = tmp_name(self.path)
+        self._writer = ArrayRecordWriter(self._tmp, "group_size:1")
+        self.num_records = 0
+
+    def write(self, record: bytes | Mapping[str, Any]) -> None:
+        if not isinstance(record, bytes):
+            record = encode_record(record)
+        self._writer.write(record)
+        self.num_records += 1
+
+    def close(self) -> None:
+        self._writer.close()
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        try:
+            self._writer.close()
+        finally:
+            if os.path.exists(self._tmp):
+                os.remove(self._tmp)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_shard(path: str | os.PathLike, records: Iterable[bytes | Mapping[str, Any]]) -> int:
+    """Write all `records` into one shard file atomically; returns the record count."""
+    with ShardWriter(path) as w:
+        for r in records:
+            w.write(r)
+    return w.num_records
+
+
+def read_shard(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    reader = ArrayRecordReader(os.fspath(path))
+    try:
+        for i in range(reader.num_records()):
+            yield decode_record(reader.read([i])[0])
+    finally:
+        reader.close()
+
+
+def count_records(path: str | os.PathLike) -> int:
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    reader = ArrayRecordReader(os.fspath(path))
+    try:
+        return reader.num_records()
+    finally:
+        reader.close()
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    path = os.fspath(path)
+    tmp = tmp_name(path)
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a manifest and check that every shard it lists is present."""
+    from madad_jax.data.errors import BadInputError
+
+    try:
+        manifest = read_json(path)
+    except FileNotFoundError as err:
+        raise BadInputError(path, "manifest not found") from err
+    except (OSError, ValueError) as err:
+        raise BadInputError(path, f"unreadable manifest ({err})") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BadInputError(path, f"not a {FORMAT} manifest")
+    folder = os.path.dirname(os.path.abspath(path))
+    manifest["shard_paths"] = [os.path.join(folder, s["file"]) for s in manifest["shards"]]
+    for p in manifest["shard_paths"]:
+        if not os.path.isfile(p):
+            raise BadInputError(p, "shard listed in the manifest is missing")
+    return manifest
+
+
+def resolve_shards(path: str | os.PathLike, split: str = "train") -> tuple[list[str], dict | None]:
+    """Shard files and manifest (None for a bare glob) named by `path`.
+
+    `path` may be a manifest file, a conversion output directory (its `{split}` manifest, or
+    its only manifest), or a glob pattern of shard files.
+    """
+    from madad_jax.data.errors import BadInputError
+
+    path = os.fspath(path)
+    if path.endswith(".json"):
+        m = read_manifest(path)
+        return m["shard_paths"], m
+    if os.path.isdir(path):
+        own = os.path.join(path, manifest_name(split))
+        if os.path.isfile(own):
+            m = read_manifest(own)
+            return m["shard_paths"], m
+        found = sorted(glob.glob(os.path.join(glob.escape(path), "*.manifest.json")))
+        if len(found) == 1:
+            m = read_manifest(found[0])
+            return m["shard_paths"], m
+        what = f"manifests here: {[os.path.basename(f) for f in found]}" if found else "none"
+        raise BadInputError(path, f"no {manifest_name(split)} ({what})")
+    files = sorted(f for f in glob.glob(path) if ".tmp-" not in os.path.basename(f))
+    if not files:
+        raise BadInputError(path, "no shard files match")
+    return files, None

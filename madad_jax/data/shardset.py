@@ -1,0 +1,169 @@
+"""Write a set of ArrayRecord shards from input units, idempotently and resumably.
+
+A unit is one input item (a subject's files, or one PNG slice) that yields zero or more
+records. Units are chunked, in order, into shards. After each shard a progress file records
+it with a fingerprint of its inputs (paths, sizes, modification times) and the settings, so
+an interrupted conversion resumes at the first shard not done, and a finished one whose
+inputs and settings have not changed is left as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tqdm import tqdm
+
+from madad_jax.data import records
+from madad_jax.data.errors import BadInputError, check_policy
+
+log = logging.getLogger("madad_jax.data")
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    key: str  # unique within the set, e.g. a subject id or a slice stem
+    subject: str
+    inputs: tuple[tuple[str, str], ...]  # (role, path) of the files it reads
+
+    def fingerprint(self) -> list:
+        files = []
+        for role, path in self.inputs:
+            try:
+                st = os.stat(path)
+                files.append([role, os.path.abspath(path), st.st_size, st.st_mtime_ns])
+            except OSError:
+                files.append([role, os.path.abspath(path), None, None])
+        return [self.key, files]
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def progress_name(split: str) -> str:
+    return f"{split}.progress.json"
+
+
+def _clean(out_dir: str, split: str, keep: set[str]) -> None:
+    """Remove leftovers of earlier runs: temporary files and shards not in this plan."""
+    for path in glob.glob(os.path.join(glob.escape(out_dir), f"{glob.escape(split)}.*")):
+        name = os.path.basename(path)
+        stale_shard = records.is_shard_file(name, split) and name not in keep
+        if ".tmp-" in name or stale_shard:
+            os.remove(path)
+
+
+def write_shard_set(
+    units: Sequence[Unit],
+    make_records: Callable[[Unit], list[dict[str, Any]]],
+    out_dir: str | os.PathLike,
+    split: str,
+    *,
+    units_per_shard: int,
+    settings: dict[str, Any],
+    bad_input: str = "skip",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Convert `units` into `{out_dir}/{split}.array_record-*` plus `{split}.manifest.json`.
+
+    Returns the manifest. With bad_input="stop" the first BadInputError propagates; shards
+    finished before it stay (and are reused by the next run), the one being written is
+    removed, and no manifest is written.
+    """
+    check_policy(bad_input)
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    units = list(units)
+    if len({u.key for u in units}) != len(units):
+        raise ValueError("unit keys must be unique")
+    count = max(1, math.ceil(len(units) / units_per_shard))
+    chunks = [units[i * units_per_shard : (i + 1) * units_per_shard] for i in range(count)]
+    names = [records.shard_name(split, i, count) for i in range(count)]
+    shard_fps = [_digest([settings, [u.fingerprint() for u in c]]) for c in chunks]
+    set_fp = _digest([split, settings, shard_fps])
+
+    manifest_path = os.path.join(out_dir, records.manifest_name(split))
+    progress_path = os.path.join(out_dir, progress_name(split))
+    if os.path.exists(manifest_path):
+        try:
+            old = records.read_manifest(manifest_path)
+        except BadInputError:
+            old = None
+        if old is not None and old.get("fingerprint") == set_fp:
+            log.info("%s: up to date", manifest_path)
+            return old
+        os.remove(manifest_path)  # the old shard set is about to change
+
+    done: dict[str, Any] = {}
+    if os.path.exists(progress_path):
+        try:
+            state = records.read_json(progress_path)
+            if state.get("fingerprint") == set_fp:
+                done = state.get("shards", {})
+        except (OSError, ValueError):
+            pass
+    _clean(out_dir, split, keep=set(names))
+
+    bar = tqdm(total=len(units), desc=f"{split}", unit="item", disable=not progress)
+    for name, chunk, fp in zip(names, chunks, shard_fps, strict=True):
+        path = os.path.join(out_dir, name)
+        entry = done.get(name)
+        if entry and entry.get("fingerprint") == fp and os.path.isfile(path):
+            bar.update(len(chunk))
+            continue
+        skipped, subjects = [], set()
+        with records.ShardWriter(path) as writer:
+            for unit in chunk:
+                try:
+                    rows = make_records(unit)
+                except BadInputError as err:
+                    if bad_input == "stop":
+                        raise
+                    log.warning("skipped %s", err)
+                    skipped.append({"path": err.path, "problem": err.problem, "unit": unit.key})
+                    rows = []
+                for row in rows:
+                    writer.write(row)
+                    subjects.add(row.get("subject", unit.subject))
+                bar.update(1)
+        done[name] = {
+            "fingerprint": fp,
+            "num_records": writer.num_records,
+            "units": [u.key for u in chunk],
+            "subjects": sorted(subjects),
+            "skipped": skipped,
+        }
+        records.write_json_atomic(progress_path, {"fingerprint": set_fp, "shards": done})
+    bar.close()
+
+    all_skipped = [s for n in names for s in done[n]["skipped"]]
+    if units and len(all_skipped) == len(units):
+        first = all_skipped[0]
+        raise BadInputError(
+            out_dir,
+            f"all {len(units)} inputs of split {split} were unusable "
+            f"(first: {first['path']}: {first['problem']})",
+        )
+    shards = [{"file": n, **{k: done[n][k] for k in ("num_records", "units")}} for n in names]
+    manifest = {
+        "format": records.FORMAT,
+        "split": split,
+        "fingerprint": set_fp,
+        "settings": settings,
+        "num_records": sum(s["num_records"] for s in shards),
+        "shards": shards,
+        "subjects": sorted({s for n in names for s in done[n]["subjects"]}),
+        "skipped": all_skipped,
+    }
+    records.write_json_atomic(manifest_path, manifest)
+    if os.path.exists(progress_path):
+        os.remove(progress_path)
+    return records.read_manifest(manifest_path)
