@@ -133,6 +133,11 @@ def default_config() -> ml_collections.ConfigDict:
             modality="T2",
             latent_cache="",  # ArrayRecord of VAE posterior moments; empty: encode on the fly
             augment=True,
+            augment_p=0.5,  # probability of each augmentation (the reference's 0.5)
+            rotate_degrees=5.0,
+            translate_px=-1,  # -1: image_size // 32
+            brightness=0.1,
+            contrast=0.1,
             num_workers=0,
             shuffle_seed=0,
             bad_input="skip",  # skip | stop
