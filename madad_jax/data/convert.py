@@ -203,6 +203,44 @@ def _policy_for(policies: Mapping[str, str], split: str) -> str:
     return policies.get(split, policies.get("*", "all"))
 
 
+def nifti_groups(
+    input_dir: str | os.PathLike,
+    modality: str,
+    layout: Mapping[str, str | None],
+    *,
+    split: str | None = None,
+    split_dirs: bool = False,
+    fractions: Mapping[str, float] | None = None,
+    split_file: str | os.PathLike | None = None,
+    seed: int = 0,
+) -> dict[str, list[Unit]]:
+    """{split: subjects' units}: from split folders, one named split, or a split file."""
+    root = os.fspath(input_dir)
+    if split_dirs:
+        _check_root(root)
+        present = [s for s in SPLIT_NAMES if os.path.isdir(os.path.join(root, s))]
+        if not present:
+            raise BadInputError(root, f"none of the split folders {list(SPLIT_NAMES)} exist")
+        groups = {s: discover_nifti(os.path.join(root, s), modality, layout) for s in present}
+        check_disjoint({s: [u.subject for u in us] for s, us in groups.items()}, root)
+        return groups
+    units = discover_nifti(root, modality, layout)
+    if split is not None:
+        return {split: units}
+    if split_file is None:
+        raise ValueError("give split, split_dirs or a split_file")
+    os.makedirs(os.path.dirname(os.path.abspath(split_file)), exist_ok=True)
+    assignment = load_or_make_splits(
+        split_file, [u.subject for u in units],
+        fractions or {"train": 0.8, "val": 0.1, "test": 0.1}, seed,
+    )
+    by_subject = {u.subject: u for u in units}
+    return {
+        name: [by_subject[s] for s in subjects if s in by_subject]
+        for name, subjects in assignment.items()
+    }
+
+
 def convert_nifti(
     input_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -232,32 +270,12 @@ def convert_nifti(
     file (default `{output_dir}/splits.json`), drawn from `fractions` the first time.
     """
     check_policy(bad_input)
-    root, out = os.fspath(input_dir), os.fspath(output_dir)
+    out = os.fspath(output_dir)
     spec = LAYOUTS[layout] if isinstance(layout, str) else dict(layout)
-    if split_dirs:
-        _check_root(root)
-        present = [s for s in SPLIT_NAMES if os.path.isdir(os.path.join(root, s))]
-        if not present:
-            raise BadInputError(root, f"none of the split folders {list(SPLIT_NAMES)} exist")
-        groups = {s: discover_nifti(os.path.join(root, s), modality, spec) for s in present}
-        check_disjoint({s: [u.subject for u in us] for s, us in groups.items()}, root)
-    else:
-        units = discover_nifti(root, modality, spec)
-        if split is not None:
-            groups = {split: units}
-        else:
-            os.makedirs(out, exist_ok=True)
-            assignment = load_or_make_splits(
-                split_file or os.path.join(out, "splits.json"),
-                [u.subject for u in units],
-                fractions or {"train": 0.8, "val": 0.1, "test": 0.1},
-                seed,
-            )
-            by_subject = {u.subject: u for u in units}
-            groups = {
-                name: [by_subject[s] for s in subjects if s in by_subject]
-                for name, subjects in assignment.items()
-            }
+    groups = nifti_groups(
+        input_dir, modality, spec, split=split, split_dirs=split_dirs, fractions=fractions,
+        split_file=split_file or os.path.join(out, "splits.json"), seed=seed,
+    )
     policies = parse_policies(policies)
     manifests = {}
     for name, chosen in groups.items():

@@ -44,7 +44,9 @@ def open_source(path: str | os.PathLike, split: str = "train"):
 
 
 def _as_dict(element: Any) -> dict[str, Any]:
-    return records.decode_record(element) if isinstance(element, bytes) else dict(element)
+    if isinstance(element, bytes):
+        return records.decode_record(element)
+    return records.normalize_example(element)
 
 
 @dataclasses.dataclass

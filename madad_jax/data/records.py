@@ -63,6 +63,22 @@ def decode_record(data: bytes) -> dict[str, Any]:
     return _unpack(msgpack.unpackb(data, raw=False))
 
 
+def normalize_example(example: Mapping[str, Any]) -> dict[str, Any]:
+    """A decoded record, or a TFDS example of `tfds_builders`, as a plain slice record.
+
+    TFDS text comes back as bytes and always has a `segmentation`; here text is str and
+    `segmentation` is dropped where `has_segmentation` is False.
+    """
+    out = {}
+    for k, v in example.items():
+        if isinstance(v, np.ndarray) and v.dtype == object and v.ndim == 0:
+            v = v.item()
+        out[k] = v.decode() if isinstance(v, bytes) else v
+    if not bool(out.pop("has_segmentation", True)):
+        out.pop("segmentation", None)
+    return out
+
+
 def shard_name(split: str, index: int, count: int) -> str:
     return f"{split}.array_record-{index:05d}-of-{count:05d}"
 
