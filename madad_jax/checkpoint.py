@@ -203,22 +203,25 @@ def save_train_state(
 ) -> bool:
     """Start an (async) save of a training state at `step`; returns whether it started.
 
-    `state` is the training pytree: `params`, `opt_state`, `rng`, and optionally `ema`.
+    Every entry of `state` but `step` (an int, stored as JSON) becomes one StandardSave item
+    (`params`, `opt_state`, `rng`, `ema`, ...).
     """
-    items = dict(
-        params=ocp.args.StandardSave(state["params"]),
+    items = {k: ocp.args.StandardSave(_wrap(k, v)) for k, v in state.items()
+             if k != "step" and v is not None}
+    items.update(
         arch=ocp.args.JsonSave(_jsonable(arch)),
-        opt_state=ocp.args.StandardSave(state["opt_state"]),
-        rng=ocp.args.StandardSave({"key": state["rng"]}),
         step=ocp.args.JsonSave({"step": int(step)}),
         config=ocp.args.JsonSave(_jsonable(config_json)),
         metrics=ocp.args.JsonSave(_jsonable(metrics or {})),
     )
-    if state.get("ema") is not None:
-        items["ema"] = ocp.args.StandardSave(state["ema"])
     if data_state is not None:
         items["data_iter"] = IteratorStateSave(encode_iterator_state(data_state))
     return mngr.save(step, args=ocp.args.Composite(**items), force=True)
+
+
+def _wrap(name: str, tree: Any) -> Any:
+    # StandardSave needs a container; the PRNG key is a bare array.
+    return {"key": tree} if name == "rng" else tree
 
 
 def step_items(mngr: ocp.CheckpointManager, step: int) -> set[str]:
@@ -232,27 +235,25 @@ def restore_train_state(
 ) -> tuple[dict[str, Any], Any]:
     """Restore `(state, data_iterator_state or None)` at `step`.
 
-    `abstract_state` gives shapes, dtypes and shardings (`jax.ShapeDtypeStruct` leaves with
-    `sharding`), so each process reads only its own shards.
+    `abstract_state` gives the items to read and their shapes, dtypes and shardings
+    (`jax.ShapeDtypeStruct` leaves with `sharding`), so each process reads only its shards.
     """
     have = step_items(mngr, step)
-    names = ["params", "opt_state", "rng"] + (
-        ["ema"] if abstract_state.get("ema") is not None else []
-    )
+    names = [k for k, v in abstract_state.items() if k != "step" and v is not None]
     missing = [n for n in names if n not in have]
     if missing:
         raise ValueError(
-            f"{mngr.directory}/{step}: checkpoint lacks {missing} (was train.ema changed?)"
+            f"{mngr.directory}/{step}: checkpoint lacks {missing}; it was written with a "
+            "different configuration (train.ema, vae_train.gan_weight?)"
         )
-    targets = {n: abstract_state[n] for n in names}
-    targets["rng"] = {"key": abstract_state["rng"]}
-    items = {n: ocp.args.StandardRestore(targets[n]) for n in names}
+    items = {n: ocp.args.StandardRestore(_wrap(n, abstract_state[n])) for n in names}
     items["step"] = ocp.args.JsonRestore()
     if "data_iter" in have:
         items["data_iter"] = IteratorStateRestore()
     out = mngr.restore(step, args=ocp.args.Composite(**items))
     state = {n: out[n] for n in names}
-    state["rng"] = out["rng"]["key"]
+    if "rng" in state:
+        state["rng"] = state["rng"]["key"]
     state["step"] = int(out["step"]["step"])
     data_state = decode_iterator_state(out["data_iter"]) if "data_iter" in have else None
     return state, data_state
