@@ -160,6 +160,8 @@ def default_config() -> ml_collections.ConfigDict:
             checkpoint_every_steps=1_000,
             keep_checkpoints=3,
             eval_every_steps=0,  # 0: only at the end
+            val_every_steps=0,  # validation loss + best copy (needs data.val_path); 0: at saves
+            val_batches=4,  # fixed validation batches averaged for the best-checkpoint choice
         )
     )
 
@@ -180,6 +182,12 @@ def default_config() -> ml_collections.ConfigDict:
     )
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, param_sharding="replicated"))
+
+    # Multi-host: "auto" initializes jax.distributed when the environment says so (SLURM,
+    # JAX_COORDINATOR_ADDRESS, ...); "on" always (Cloud TPU pods); "off" never.
+    c.distributed = ml_collections.ConfigDict(
+        dict(initialize="auto", coordinator_address="", num_processes=0, process_id=-1)
+    )
 
     c.evaluate = ml_collections.ConfigDict(
         dict(
