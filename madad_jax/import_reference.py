@@ -34,7 +34,7 @@ VAE_PREFIXES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
 DEFAULT_UNET_DROPOUT = 0.4  # the reference's create_unet_model
 
 
-class ImportErrorBadInput(ValueError):
+class ReferenceImportError(ValueError):
     """A weights or architecture file that cannot be imported (message names the file)."""
 
 
@@ -51,7 +51,7 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
         try:
             sd = load_file(path)
         except Exception as e:  # safetensors raises its own error types
-            raise ImportErrorBadInput(f"{path}: not a readable safetensors file ({e})") from e
+            raise ReferenceImportError(f"{path}: not a readable safetensors file ({e})") from e
     else:
         from madad_jax.torch_pickle import load_state_dict as load_pt
 
@@ -231,13 +231,13 @@ def _read_arch(args: argparse.Namespace) -> dict[str, Any]:
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{args.arch}: no such file") from e
     except (OSError, ValueError) as e:
-        raise ImportErrorBadInput(f"{args.arch}: not a readable JSON file ({e})") from e
+        raise ReferenceImportError(f"{args.arch}: not a readable JSON file ({e})") from e
     if not isinstance(ref, dict):
-        raise ImportErrorBadInput(f"{args.arch}: expected a JSON object")
+        raise ReferenceImportError(f"{args.arch}: expected a JSON object")
     try:
         return arch_from_reference(ref)
     except (KeyError, TypeError, ValueError) as e:
-        raise ImportErrorBadInput(f"{args.arch}: {e}") from e
+        raise ReferenceImportError(f"{args.arch}: {e}") from e
 
 
 def _convert_file(path: str, fn, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -245,15 +245,15 @@ def _convert_file(path: str, fn, cfg: dict[str, Any]) -> dict[str, Any]:
     try:
         return fn(sd, cfg)
     except ValueError as e:
-        raise ImportErrorBadInput(f"{path}: {e}") from e
+        raise ReferenceImportError(f"{path}: {e}") from e
 
 
 def run(args: argparse.Namespace) -> str:
     """Convert and write the checkpoint; returns the output directory."""
     arch = _read_arch(args)
     out = os.path.abspath(args.out)
-    if os.path.exists(out):
-        raise ImportErrorBadInput(f"{args.out}: already exists; choose a new --out")
+    if os.path.exists(out) and not (os.path.isdir(out) and not os.listdir(out)):
+        raise ReferenceImportError(f"{args.out}: already exists and is not an empty directory")
     denoiser = _convert_file(args.unet, convert_unet, arch["model"]["unet"])
     vae = _convert_file(args.vae, convert_vae, arch["vae"])
     parent = os.path.dirname(out)
@@ -261,6 +261,9 @@ def run(args: argparse.Namespace) -> str:
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
     try:
         checkpoint.save_params(tmp, {"vae": vae, "denoiser": denoiser}, arch)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
