@@ -139,11 +139,19 @@ def make_dataset(
     ds = ds.map(DecodeTrain(with_latents=latents))
     if augment and not latents:
         ds = ds.random_map(Augment(augment_opts or AugmentOptions()), seed=(seed + 1) % 2**32)
-    ds = ds.batch(batch_size, drop_remainder=True).to_iter_dataset()
-    if num_workers > 0:
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
-                            worker_init_fn=_worker_init)
-    return ds
+    return prefetch(ds.batch(batch_size, drop_remainder=True).to_iter_dataset(), num_workers)
+
+
+def prefetch(ds: grain.IterDataset, num_workers: int) -> grain.IterDataset:
+    """`ds` computed ahead in `num_workers` processes (none: unchanged), kept off the accelerator.
+
+    Workers split the batches round-robin, so the output is the same as without them.
+    """
+    if num_workers <= 0:
+        return ds
+    _mark_flags_parsed()
+    return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
+                          worker_init_fn=_worker_init)
 
 
 def train_dataset(
@@ -165,8 +173,6 @@ def train_dataset(
     path = d.latent_cache if latents else (d.val_path if split == "val" else d.train_path)
     if not path:
         raise ValueError(f"config.data.{'val' if split == 'val' else 'train'}_path is empty")
-    if d.get("num_workers", 0) > 0:
-        _mark_flags_parsed()
     return make_dataset(
         path, global_batch // pc, split=split,
         seed=int(d.get("shuffle_seed", 0)) + 1000003 * pi,

@@ -105,11 +105,11 @@ def write_shard_set(
     done: dict[str, Any] = {}
     if os.path.exists(progress_path):
         try:
-            state = records.read_json(progress_path)
-            if state.get("fingerprint") == set_fp:
-                done = state.get("shards", {})
-        except (OSError, ValueError):
-            pass
+            # A shard's own fingerprint covers its inputs, the settings and (by its name)
+            # the shard count, so finished shards are reused even if other inputs changed.
+            done = dict(records.read_json(progress_path).get("shards", {}))
+        except (OSError, ValueError, AttributeError, TypeError):
+            done = {}
     _clean(out_dir, split, keep=set(names))
 
     bar = tqdm(total=len(units), desc=f"{split}", unit="item", disable=not progress)
