@@ -55,6 +55,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial.transform import Rotation
 
+from madad_jax.data import preprocess
+
 MODALITIES = ("T1", "T2")
 SPLITS = {"train": 0, "test": 1, "val": 2}
 CONTRASTS = ("hypo", "iso", "hyper")
@@ -473,14 +475,6 @@ def make_subject(
     )
 
 
-def normalize(image: np.ndarray, brainmask: np.ndarray, percentile: float = 99.5) -> np.ndarray:
-    """Map a volume to [-1, 1]: 0 -> -1, the brain's `percentile` -> 1, clipped; -1 outside."""
-    m = brainmask > 0
-    hi = float(np.percentile(image[m], percentile)) if m.any() else 1.0
-    x = np.clip(image / max(hi, 1e-8), 0.0, 1.0) * 2.0 - 1.0
-    return np.where(m, x, -1.0).astype(np.float32)
-
-
 def _axial(volume: np.ndarray, k: int) -> np.ndarray:
     """Slice k as an image: rows run anterior to posterior, columns the subject's left to right."""
     return np.rot90(volume[:, :, k])
@@ -499,14 +493,18 @@ def make_split(
     z_mm: tuple[float, float] = (-8.0, 40.0),
     slice_mm: float = 3.0,
     min_lesion_px: int = 1,
+    percentiles: tuple[float, float] = preprocess.SliceOptions.percentiles,
 ) -> dict[str, Any]:
     """2D slices of n subjects, as `read_reference_split` returns them.
 
-    Healthy unless `lesions` is given; then lesioned, with segmentations.
+    Healthy unless `lesions` is given; then lesioned, with segmentations. Intensities are
+    normalized per volume as the NIfTI converter does (`preprocess.normalize_percentile`),
+    then mapped to [-1, 1] (-1 outside the brain).
     `slices`: "all" slab slices; "lesion", those with at least `min_lesion_px` lesion pixels;
     "largest", the slice with the largest lesion area of each subject (the S2 test policy).
     Returns dict(images (N,H,W,1) float32 in [-1,1], brainmasks (N,H,W) float32,
-    segmentations (N,H,W) int32 or None, names sorted, `{subject}-slice_{k:03d}`).
+    segmentations (N,H,W) int32 or None, names): names are `{subject}-slice_{k}`, as the
+    NIfTI converter names slices, and sorted.
     """
     if slices not in SLICE_POLICIES:
         raise ValueError(f"slices must be one of {SLICE_POLICIES}, got {slices!r}")
@@ -516,7 +514,7 @@ def make_split(
     rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]] = []
     for i in range(n):
         s = make_subject(i, split, seed, grid, anatomy, lesions, modality)
-        x = normalize(s.image, s.brainmask)
+        x = preprocess.normalize_percentile(s.image, s.brainmask > 0, percentiles) * 2.0 - 1.0
         ks = list(range(grid.shape[2]))
         if s.seg is not None:
             area = s.seg.sum(axis=(0, 1))
@@ -526,7 +524,7 @@ def make_split(
                 ks = [k for k in ks if area[k] >= min_lesion_px]
         for k in ks:
             seg = None if s.seg is None else _axial(s.seg, k)
-            rows.append((f"{s.name}-slice_{k:03d}", _axial(x, k), _axial(s.brainmask, k), seg))
+            rows.append((f"{s.name}-slice_{k}", _axial(x, k), _axial(s.brainmask, k), seg))
     rows.sort(key=lambda r: r[0])
     h = w = image_size
     return dict(
