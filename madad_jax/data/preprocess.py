@@ -125,15 +125,15 @@ def volume_geometry(subject: Subject, opts: SliceOptions) -> dict[str, Any]:
     """The JSON-able mapping between the subject's voxel grid and its slices."""
     vol = subject.image
     union = np.rot90(subject.brainmask.any(axis=opts.axis))
-    r0, r1, c0, c1 = _box(union, opts)
+    r0, r1, c0, c1 = (int(v) for v in _box(union, opts))
     h, w = r1 - r0, c1 - c0
     side = max(h, w)
     return {
         "axis": opts.axis,
         "plane": list(union.shape),
-        "crop": [int(r0), int(r1), int(c0), int(c1)],
+        "crop": [r0, r1, c0, c1],
         "pad": [(side - h) // 2, (side - w) // 2],
-        "side": int(side),
+        "side": side,
         "image_size": opts.image_size,
         "canonical_shape": list(vol.data.shape),
         "native_shape": list(vol.shape),
