@@ -75,7 +75,7 @@ def get_config() -> ml_collections.ConfigDict:
             n_val=0,
             test_slices="largest",  # all | lesion | largest (one slice per subject, S2)
             modality="T1",
-            fov_mm=192.0,
+            fov_mm=208.0,
             z_mm=(-8.0, 40.0),  # MNI z of the first and last slice
             slice_mm=3.0,
             anatomy=dataclasses.asdict(synthetic.AnatomySpec()),

@@ -78,7 +78,7 @@ class Grid:
     """The voxel grid subjects are sampled on: an axial slab, RAS, MNI millimetres."""
 
     size: int = 96  # voxels along x and y
-    fov_mm: float = 192.0  # in-plane field of view
+    fov_mm: float = 208.0  # in-plane field of view
     z_mm: tuple[float, float] = (-8.0, 40.0)  # positions of the first and last slice
     slice_mm: float = 3.0  # distance between slices
 
@@ -124,7 +124,7 @@ class AnatomySpec:
     bias: float = 0.06  # std of the log bias field at its control points
     bias_spacing_mm: float = 80.0
     gain: tuple[float, float] = (0.6, 1.6)
-    noise: tuple[float, float] = (0.005, 0.02)  # Rician sigma relative to bright tissue
+    noise: tuple[float, float] = (0.005, 0.02)  # Rician sigma, relative to white matter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -423,8 +423,9 @@ def _intensity(
     sigma = rng.uniform(*spec.noise)
     out = np.maximum(image, 0.0) ** gamma
     out = out * np.exp(_eval_field(bias_field, spec.bias_spacing_mm, grid)[0]) * gain
-    ref = np.quantile(out[mask], 0.95) if mask.any() else 1.0
-    n1, n2 = rng.standard_normal((2, *image.shape)) * sigma * ref
+    # Relative to the template's white matter (~0.9) times the gain, not to the image, so
+    # that a subject and its lesioned version get the very same noise.
+    n1, n2 = rng.standard_normal((2, *image.shape)) * sigma * gain
     out = np.sqrt((out + n1) ** 2 + n2**2)
     return (out * mask).astype(np.float32)
 
@@ -489,7 +490,7 @@ def make_split(
     lesions: LesionSpec | None = None,
     anatomy: AnatomySpec = AnatomySpec(),
     modality: str = "T1",
-    fov_mm: float = 192.0,
+    fov_mm: float = 208.0,
     z_mm: tuple[float, float] = (-8.0, 40.0),
     slice_mm: float = 3.0,
     min_lesion_px: int = 1,
@@ -562,7 +563,7 @@ def from_config(config: Any, splits: Sequence[str] = ("train", "test")) -> dict[
         image_size=config.image_size,
         anatomy=anatomy,
         modality=demo.get("modality", "T1"),
-        fov_mm=demo.get("fov_mm", 192.0),
+        fov_mm=demo.get("fov_mm", 208.0),
         z_mm=tuple(demo.get("z_mm", (-8.0, 40.0))),
         slice_mm=demo.get("slice_mm", 3.0),
     )
@@ -597,7 +598,7 @@ def write_dataset(
     anatomy: AnatomySpec = AnatomySpec(),
     lesions: LesionSpec = LesionSpec(),
     modality: str = "T1",
-    fov_mm: float = 192.0,
+    fov_mm: float = 208.0,
     z_mm: tuple[float, float] = (-8.0, 40.0),
     slice_mm: float = 3.0,
     progress: bool = False,
