@@ -194,10 +194,17 @@ def default_config() -> ml_collections.ConfigDict:
             protocols=("slice",),  # slice (reference) and/or volume (Behrendt et al.)
             batch_size=16,
             max_examples=0,  # 0: all
+            # Lesion-size bins (small < a <= medium < b <= large): () = terciles of the test
+            # set's lesion sizes; (a, b) = fixed edges, in lesion pixels per slice ...
+            size_edges_slice=(),
+            # ... and in lesion voxels per stacked volume (the per-volume protocol).
+            size_edges_volume=(),
+            volume_threshold=-1.0,  # per-volume protocol: < 0 = best Dice on the val split
         )
     )
 
     c.predict = ml_collections.ConfigDict(
-        dict(input="", brainmask="", segmentation="", output="", axis=2)
+        dict(input="", brainmask="", segmentation="", output="", axis=2,
+             num_panels=4)  # slices shown in the PNG panels
     )
     return c
