@@ -167,7 +167,7 @@ def test_rerun_is_idempotent_and_resumes_after_a_stop(tmp_path):
         "train.array_record-00000-of-00001"]
 
 
-def test_layouts_brats_and_synthetic(tmp_path):
+def test_layouts(tmp_path):
     rng = np.random.default_rng(5)
     for i in range(2):
         s = f"BraTS2021_{i:05d}"
@@ -188,6 +188,22 @@ def test_layouts_brats_and_synthetic(tmp_path):
     assert m["train"]["subjects"] == ["demo_train_000", "demo_train_001"]
     test = load_eval_split(tmp_path / "o2", "test")
     assert test["segmentations"] is not None and test["segmentations"].any()
+
+    # ATLAS 2.0 (BIDS) and IXI's flat names.
+    for s in ("sub-r001s001", "sub-r001s002"):
+        anat = tmp_path / "atlas" / "R001" / s / "ses-1" / "anat"
+        p = write_subject(anat, s, rng, lesion=1, modality="T1", mask_file=False)
+        p["image"].rename(anat / f"{s}_ses-1_space-MNI152NLin2009aSym_T1w.nii.gz")
+        p["segmentation"].rename(
+            anat / f"{s}_ses-1_space-MNI152NLin2009aSym_label-L_desc-T1lesion_mask.nii.gz")
+    m = convert.convert_nifti(tmp_path / "atlas", tmp_path / "o3", modality="T1",
+                              image_size=16, layout="atlas", split="test", progress=False)
+    assert m["test"]["subjects"] == ["sub-r001s001", "sub-r001s002"]
+    write_subject(tmp_path / "ixi", "IXI002-Guys-0828", rng, modality="T1", mask_file=False)
+    write_subject(tmp_path / "ixi", "IXI012-HH-1211", rng, modality="T1", mask_file=False)
+    m = convert.convert_nifti(tmp_path / "ixi", tmp_path / "o4", modality="T1", image_size=16,
+                              split="train", progress=False)
+    assert m["train"]["subjects"] == ["IXI002-Guys-0828", "IXI012-HH-1211"]
 
 
 def test_cli(tmp_path, capsys):
