@@ -215,12 +215,13 @@ def load_eval_split(path: str | os.PathLike, split: str = "test") -> dict[str, A
             np.stack([np.asarray(r["segmentation"], np.int32) for r in rows]) if with_seg else None
         ),
         "names": [str(r["name"]) for r in rows],
-        "subjects": [str(r["subject"]) for r in rows],
-        "sources": [str(r["source"]) for r in rows],
-        "slice_indices": np.array([int(r["slice_index"]) for r in rows], np.int64),
-        "affines": np.stack([np.asarray(r["affine"], np.float64) for r in rows]),
+        # Provenance, with neutral values for records written without it.
+        "subjects": [str(r.get("subject", "")) for r in rows],
+        "sources": [str(r.get("source", "")) for r in rows],
+        "slice_indices": np.array([int(r.get("slice_index", -1)) for r in rows], np.int64),
+        "affines": np.stack([np.asarray(r.get("affine", np.eye(4)), np.float64) for r in rows]),
         "geometries": [str(r.get("geometry", "")) for r in rows],
-        "modality": str(rows[0]["modality"]),
+        "modality": str(rows[0].get("modality", "")),
     }
     for k in LATENT_KEYS:
         if all(k in r for r in rows):
