@@ -416,6 +416,9 @@ def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> str
             w.writeheader()
             for r in rows:
                 w.writerow({k: _fmt(v) for k, v in r.items()})
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

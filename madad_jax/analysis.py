@@ -1,0 +1,215 @@
+"""Checkpoints for scripts and notebooks: restore a model without the training code path.
+
+    from madad_jax import analysis
+    config, models, params = analysis.load("runs/demo")          # a workdir or a checkpoint dir
+    out = analysis.anomaly_maps(config, models, params, images)  # images (N,H,W[,1]) in [-1, 1]
+    out["anomaly_map"], out["sample"], out["mean_anomalous"]
+
+`load` reads only the `params`, `arch` and (when present) `config` items of an Orbax
+checkpoint: the architecture comes from the checkpoint itself, so the models match its
+parameters whatever config file the run used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from madad_jax import checkpoint as ckpt
+from madad_jax.config import default_config
+from madad_jax.data.errors import BadInputError
+
+log = logging.getLogger("madad_jax.analysis")
+
+
+class Models(NamedTuple):
+    """The Flax modules of a checkpoint (`params["vae"]`, `params["denoiser"]`)."""
+
+    vae: Any
+    denoiser: Any
+
+
+class Restored(NamedTuple):
+    params: Any  # {"vae": ..., "denoiser": ...}, numpy leaves
+    arch: dict[str, Any]
+    config: dict[str, Any] | None  # the run's full config, for training checkpoints
+    directory: str  # the CheckpointManager directory
+    step: int
+
+
+def checkpoint_dir(path: str | os.PathLike) -> str:
+    """The CheckpointManager directory named by `path`: a workdir (its `checkpoints/`) or
+    the checkpoint directory itself."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.exists(path):
+        raise FileNotFoundError(2, "no such checkpoint or workdir", path)
+    if not os.path.isdir(path):
+        raise BadInputError(path, "expected a checkpoint directory or a workdir")
+    sub = os.path.join(path, "checkpoints")
+    if os.path.isdir(sub) and _steps(sub):
+        return sub
+    if _steps(path):
+        return path
+    raise BadInputError(path, "no checkpoint found (neither it nor its checkpoints/ holds a step)")
+
+
+def _steps(directory: str) -> list[int]:
+    return sorted(int(d) for d in os.listdir(directory)
+                  if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+
+
+def restore(path: str | os.PathLike, step: int | None = None) -> Restored:
+    """Read `(params, arch, config, directory, step)` from a checkpoint or a workdir."""
+    directory = checkpoint_dir(path)
+    try:
+        with ckpt.manager(directory) as mngr:
+            step = mngr.latest_step() if step is None else int(step)
+            if step is None:
+                raise BadInputError(directory, "no checkpoint found")
+            items = ckpt.step_items(mngr, step)
+            missing = {"params", "arch"} - items
+            if missing:
+                raise BadInputError(os.path.join(directory, str(step)),
+                                    f"checkpoint lacks item(s) {sorted(missing)}")
+            args = dict(params=ocp.args.StandardRestore(), arch=ocp.args.JsonRestore())
+            if "config" in items:
+                args["config"] = ocp.args.JsonRestore()
+            out = mngr.restore(step, args=ocp.args.Composite(**args))
+    except (BadInputError, FileNotFoundError):
+        raise
+    except Exception as err:  # orbax raises many types for damaged checkpoints
+        raise BadInputError(directory, f"not a readable checkpoint ({type(err).__name__}: "
+                                       f"{err})") from err
+    params = jax.tree.map(np.asarray, out["params"])
+    if not isinstance(params, dict) or not {"vae", "denoiser"} <= set(params):
+        raise BadInputError(directory, "checkpoint params lack 'vae' and 'denoiser'")
+    stored = out["config"] if "config" in out and out["config"] else None
+    return Restored(params, dict(out["arch"]), stored, directory, int(step))
+
+
+def config_from_checkpoint(
+    arch: dict[str, Any], stored: dict[str, Any] | None = None,
+    base: ml_collections.ConfigDict | None = None,
+) -> ml_collections.ConfigDict:
+    """`base` (default: `default_config()`), updated with a stored run config, then `arch`."""
+    config = default_config() if base is None else _copy(base)
+    if stored:
+        _merge(config, stored)
+    ckpt.apply_arch(config, arch)
+    return config
+
+
+def _copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(json.loads(config.to_json_best_effort()))
+
+
+def _merge(config: ml_collections.ConfigDict, values: dict[str, Any], prefix: str = "") -> None:
+    with config.unlocked():
+        for k, v in values.items():
+            here = config.get(k) if k in config else None
+            if isinstance(here, ml_collections.ConfigDict) and isinstance(v, dict):
+                _merge(here, v, f"{prefix}{k}.")
+                continue
+            v = ckpt._tuplify(v) if isinstance(v, list | dict) else v
+            try:
+                config[k] = ml_collections.ConfigDict(v) if isinstance(v, dict) else v
+            except (TypeError, ValueError) as err:
+                log.warning("stored config key %s%s not restored: %s", prefix, k, err)
+
+
+def build_models(config) -> Models:
+    from madad_jax.models import build_denoiser, build_vae
+
+    return Models(build_vae(config), build_denoiser(config))
+
+
+def load(
+    path: str | os.PathLike, step: int | None = None
+) -> tuple[ml_collections.ConfigDict, Models, Any]:
+    """`(config, models, params)` from a workdir or checkpoint directory (latest step)."""
+    r = restore(path, step)
+    config = config_from_checkpoint(r.arch, r.config)
+    with config.unlocked():
+        config.checkpoint = r.directory
+    return config, build_models(config), r.params
+
+
+# ------------------------------------------------------------------------------- inference
+
+_INFER_CACHE: dict[Any, tuple[Models, Any]] = {}
+
+
+def _infer_fn(config, models: Models):
+    from madad_jax.sample import make_infer_fn
+
+    key = (id(models), json.dumps(
+        {k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
+         for k in ("sample", "diffusion", "latent_scale")}, sort_keys=True, default=str))
+    hit = _INFER_CACHE.get(key)
+    if hit is not None and hit[0] is models:
+        return hit[1]
+    fn = make_infer_fn(models.vae, models.denoiser, config)
+    _INFER_CACHE[key] = (models, fn)
+    return fn
+
+
+def _as_batch(images: np.ndarray) -> np.ndarray:
+    x = np.asarray(images, np.float32)
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4:
+        raise ValueError(f"images must be (N,H,W) or (N,H,W,C), got shape {x.shape}")
+    return x
+
+
+def anomaly_maps(
+    config,
+    models: Models,
+    params: Any,
+    images: np.ndarray,
+    key: jax.Array | None = None,
+    batch_size: int | None = None,
+    keys: tuple[str, ...] = ("anomaly_map", "sample", "reconstruction", "mean_anomalous"),
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """Mask-guided DDIM on `images` (N,H,W[,C]) in [-1, 1]; numpy arrays named by `keys`.
+
+    The outputs are those of `madad_jax.sample.make_infer_fn`: `anomaly_map` (N,H,W),
+    `sample` (the healthy counterpart) and `reconstruction` (N,H,W,C), `mean_anomalous`
+    (N,h,w: 1 - P(clean) averaged over the DDIM steps), `flagged_frac`, `latent`, `encoded`.
+    """
+    from madad_jax.sample import run_batches
+
+    x = _as_batch(images)
+    key = jax.random.PRNGKey(int(config.sample.seed)) if key is None else key
+    bs = int(batch_size or config.sample.batch_size)
+    return run_batches(_infer_fn(config, models), params, x, max(1, min(bs, len(x))), key,
+                       keys=tuple(keys), progress=progress)
+
+
+def mask_head(
+    config, models: Models, params: Any, images: np.ndarray, t: int | None = None
+) -> np.ndarray:
+    """P(anomalous) = 1 - P(clean) from the mask head, (N,h,w), for the encoded test latents
+    at model timestep `t` (default: the first DDIM step's timestep, where sampling starts)."""
+    from madad_jax.sample import ddim_tables
+
+    x = jnp.asarray(_as_batch(images))
+    if t is None:
+        tables = ddim_tables(config.diffusion.num_steps, config.sample.ddim_steps)
+        t = int(tables["timestep_map"][-1])
+    scale = float(config.latent_scale)
+    z = models.vae.apply({"params": params["vae"]}, x, method=models.vae.encode)[0] * scale
+    _, logit = models.denoiser.apply({"params": params["denoiser"]}, z,
+                                     jnp.full((len(x),), t, jnp.int32), False)
+    return np.asarray(1.0 - jax.nn.sigmoid(logit[..., 0].astype(jnp.float32)))

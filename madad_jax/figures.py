@@ -1,0 +1,141 @@
+"""PNG figures: slice panels (input | healthy counterpart | anomaly map | ground truth) and an
+anomaly overlay on the anatomy (nilearn). Every file is written to a temporary name first,
+then renamed, so a reader never sees a half-written PNG.
+
+Matplotlib renders with the Agg backend through `Figure` objects, so nothing here needs a
+display or changes pyplot's global backend once pyplot is in use (e.g. in a notebook).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def _atomic_png(path: str | os.PathLike, save) -> str:
+    """Call `save(tmp_path)`, then rename to `path`."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", suffix=".png",
+                               dir=folder)
+    os.close(fd)
+    try:
+        save(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _squeeze(x: np.ndarray | None) -> np.ndarray | None:
+    if x is None:
+        return None
+    x = np.asarray(x, np.float32)
+    return x[..., 0] if x.ndim == 4 else x
+
+
+def slice_panels(
+    path: str | os.PathLike,
+    images: np.ndarray,
+    samples: np.ndarray | None,
+    maps: np.ndarray,
+    segmentations: np.ndarray | None = None,
+    titles: Sequence[str] | None = None,
+    map_max: float | None = None,
+    mask_maps: np.ndarray | None = None,
+    dpi: int = 100,
+) -> str:
+    """One row per slice: input | healthy counterpart | anomaly map | [ground truth]
+    | [mask head]. Images and samples are in [-1, 1]; maps share one colour scale
+    (0 .. `map_max`, default max(1, largest value))."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    images, samples, maps = _squeeze(images), _squeeze(samples), _squeeze(maps)
+    segmentations, mask_maps = _squeeze(segmentations), _squeeze(mask_maps)
+    n = len(images)
+    columns = [("input", images, "gray", (-1.0, 1.0))]
+    if samples is not None:
+        columns.append(("healthy counterpart", samples, "gray", (-1.0, 1.0)))
+    vmax = float(map_max) if map_max else max(1.0, float(np.max(maps)) if maps.size else 1.0)
+    columns.append(("anomaly map", maps, "inferno", (0.0, vmax)))
+    if segmentations is not None:
+        columns.append(("ground truth", segmentations, "gray", (0.0, 1.0)))
+    if mask_maps is not None:
+        columns.append(("mask head P(anomalous)", mask_maps, "viridis", (0.0, 1.0)))
+
+    fig = Figure(figsize=(2.4 * len(columns), 2.4 * n + 0.3), dpi=dpi)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(n, len(columns), squeeze=False)
+    for r in range(n):
+        for c, (name, arr, cmap, (lo, hi)) in enumerate(columns):
+            ax = axes[r, c]
+            ax.imshow(arr[r], cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=9)
+            if c == 0 and titles is not None:
+                ax.set_ylabel(titles[r], fontsize=8)
+    fig.tight_layout()
+    return _atomic_png(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def overlay(
+    path: str | os.PathLike,
+    anatomy,
+    anomaly,
+    cut_coords: Sequence[float] | None = None,
+    threshold: float | None = None,
+    title: str | None = None,
+) -> str:
+    """The anomaly map over the anatomy (nilearn `plot_stat_map`, three orthogonal cuts).
+
+    `anatomy` and `anomaly` are nibabel images (or paths) on the same grid. `cut_coords`
+    (world mm) defaults to the map's peak.
+    """
+    import matplotlib
+
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from nilearn import plotting
+    from nilearn.image import load_img
+
+    anatomy, anomaly = load_img(anatomy), load_img(anomaly)
+    data = np.asarray(anomaly.dataobj, np.float32)
+    peak = float(data.max()) if data.size else 0.0
+    if cut_coords is None:
+        ijk = np.unravel_index(int(np.argmax(data)), data.shape)
+        cut_coords = (anomaly.affine @ np.array([*ijk, 1.0]))[:3].tolist()
+    if threshold is None:
+        threshold = 0.1 * peak if peak > 0 else 1e-6
+
+    def save(tmp: str) -> None:
+        fig = plt.figure(figsize=(9, 3.2))
+        try:
+            plotting.plot_stat_map(
+                anomaly, bg_img=anatomy, cut_coords=cut_coords, display_mode="ortho",
+                threshold=threshold, vmax=max(peak, threshold * 1.01), cmap="inferno",
+                colorbar=True, title=title, figure=fig, draw_cross=False, transparency=0.8,
+                black_bg=True, symmetric_cbar=False,
+            )
+            fig.savefig(tmp, format="png", facecolor="black")
+        finally:
+            plt.close(fig)
+
+    return _atomic_png(path, save)
