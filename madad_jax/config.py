@@ -117,6 +117,7 @@ def default_config() -> ml_collections.ConfigDict:
             clip=0.25,
             scale=4.0,
             sigma=5.0,
+            latent_clip=1.0,  # "latent" maps: |dz| is clipped here, then divided by it
             batch_size=16,
             seed=0,
         )
