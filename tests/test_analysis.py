@@ -80,3 +80,17 @@ def test_load_errors(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(BadInputError, match="expected a checkpoint directory"):
         analysis.load(str(tmp_path / "f"))
+
+
+def test_example_script_writes_a_figure(fixture_ckpt, case_dir, tmp_path):
+    import importlib.util
+
+    path = analysis.__file__.replace("madad_jax/analysis.py", "examples/analyze_checkpoint.py")
+    spec = importlib.util.spec_from_file_location("analyze_checkpoint", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "fig.png"
+    rc = script.main([fixture_ckpt, "--png-root", str(case_dir / "slices"), "--modality", "T2",
+                      "--num-slices", "2", "--ddim-steps", "2", "--out", str(out)])
+    assert rc == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
