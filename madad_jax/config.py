@@ -201,6 +201,7 @@ def default_config() -> ml_collections.ConfigDict:
             # ... and in lesion voxels per stacked volume (the per-volume protocol).
             size_edges_volume=(),
             volume_threshold=-1.0,  # per-volume protocol: < 0 = best Dice on the val split
+            baseline=True,  # also score an intensity-threshold detector (madad_jax.baseline)
         )
     )
 

@@ -1,0 +1,257 @@
+"""The `evaluate` mode: anomaly maps for a test split and the reference's metrics.
+
+Writes, atomically, under `DIR/evaluate/`:
+- `metrics.json`: `max_dice`, `f1_max`, `auroc`, `ap` (the reference's slice protocol,
+  `madad_jax.metrics`), the settings they were computed with, a lesion-size breakdown,
+  optionally the per-volume protocol (`volume`) and an intensity-threshold `baseline`;
+- `anomaly_maps.npz`: `anomaly_maps` float32 (N,H,W) and `names` str (N,), sorted by name;
+- `slices.csv` (and `volumes.csv` with the per-volume protocol): one row per unit.
+
+The checkpoint is `config.checkpoint`, or the workdir's latest. Its stored architecture
+replaces the config's, so any checkpoint evaluates with any config file. With several
+processes every process computes the maps on its own devices and process 0 writes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from madad_jax import analysis, checkpoint, metrics, sample
+
+log = logging.getLogger("madad_jax.evaluate")
+
+RESULT_DIR = "evaluate"
+
+
+# ------------------------------------------------------------------------------- data
+
+
+def load_split(config, workdir: str, split: str) -> dict[str, Any] | None:
+    """The slices of `split` for `config.data.kind` (png | arrayrecord | demo), or None
+    when the data set has no such split. Names come back sorted."""
+    d = config.data
+    kind = d.get("kind", "arrayrecord")
+    if kind == "png":
+        from madad_jax.data.png import read_reference_split
+
+        if not d.png_root:
+            raise ValueError("config.data.png_root is required with data.kind=png")
+        name = (d.get("split") or "test") if split == "test" else split
+        if split != "test" and not os.path.isdir(os.path.join(d.png_root, name)):
+            return None
+        return read_reference_split(d.png_root, name, d.modality, int(config.image_size),
+                                    bad_input=d.get("bad_input", "stop"))
+    if kind == "demo":
+        from madad_jax.data import synthetic
+
+        if split != "test" and int(d.demo.get(f"n_{split}", 0)) <= 0:
+            return None
+        return synthetic.from_config(config, splits=(split,))[split]
+    if kind == "arrayrecord":
+        from madad_jax.data.pipeline import load_eval_split
+
+        path = d.test_path if split == "test" else d.get(f"{split}_path", "")
+        if not path:
+            if split == "test":
+                raise ValueError("config.data.test_path is required with data.kind=arrayrecord")
+            return None
+        return load_eval_split(path, split)
+    raise ValueError(f"config.data.kind must be png | arrayrecord | demo, not {kind!r}")
+
+
+def _sorted(data: dict[str, Any], limit: int = 0) -> dict[str, Any]:
+    """`data` with its per-slice entries ordered by name and cut to `limit` (0: all)."""
+    names = [str(n) for n in data["names"]]
+    order = sorted(range(len(names)), key=names.__getitem__)
+    if limit > 0:
+        order = order[:limit]
+    n = len(names)
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, np.ndarray) and v.ndim and len(v) == n:
+            out[k] = v[order]
+        elif isinstance(v, list) and len(v) == n:
+            out[k] = [v[i] for i in order]
+        else:
+            out[k] = v
+    out["names"] = [names[i] for i in order]
+    return out
+
+
+# -------------------------------------------------------------------------- inference
+
+
+def local_batch_sharding() -> tuple[NamedSharding, NamedSharding]:
+    """(batch, replicated) shardings over this process's devices."""
+    mesh = Mesh(np.asarray(jax.local_devices()), ("batch",))
+    return NamedSharding(mesh, P("batch")), NamedSharding(mesh, P())
+
+
+def compute_maps(config, models: analysis.Models, params: Any, images: np.ndarray,
+                 progress: bool = True) -> np.ndarray:
+    """(N,H,W) float32 anomaly maps with `config.sample`, batched over the local devices."""
+    n_dev = jax.local_device_count()
+    bs = int(config.evaluate.get("batch_size", 0) or config.sample.batch_size)
+    bs = min(bs, len(images))
+    bs = n_dev * math.ceil(bs / n_dev)
+    batch_sh, repl = local_batch_sharding()
+    params = jax.device_put(params, repl)
+    infer = sample.make_infer_fn(models.vae, models.denoiser, config)
+    key = jax.random.key(int(config.sample.seed))
+    out = sample.run_batches(infer, params, images, bs, key, keys=("anomaly_map",),
+                             progress=progress, sharding=batch_sh)
+    return out["anomaly_map"].astype(np.float32)
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+def slice_protocol(maps: np.ndarray, segmentations: np.ndarray) -> dict[str, Any]:
+    """The reference's four numbers plus the threshold that gave the max Dice."""
+    res = metrics.slice_metrics(maps, segmentations)
+    curve = metrics.dice_curve(maps, segmentations)
+    res["max_dice_threshold"] = float(metrics.DICE_THRESHOLDS[int(np.argmax(curve))])
+    return res
+
+
+def _volume_protocol(config, workdir, models, params, test, maps) -> tuple[dict, list]:
+    from madad_jax import volume_metrics as vm
+
+    e = config.evaluate
+    threshold = float(e.get("volume_threshold", -1.0))
+    val_volumes = None
+    if threshold < 0:
+        val = load_split(config, workdir, "val")
+        if val is None or val.get("segmentations") is None:
+            raise ValueError(
+                "evaluate.protocols has 'volume' but there is no validation split with "
+                "segmentations to choose its threshold; set evaluate.volume_threshold"
+            )
+        val = _sorted(val)
+        val_maps = compute_maps(config, models, params, val["images"], progress=False)
+        val_volumes = vm.volumes_from_eval(val, val_maps)
+    edges = tuple(e.get("size_edges_volume", ())) or None
+    return vm.volume_protocol(vm.volumes_from_eval(test, maps), val_volumes,
+                              None if threshold < 0 else threshold, edges=edges)
+
+
+def _finite(x: Any) -> Any:
+    """JSON-safe: NaN/inf become null, numpy scalars plain numbers."""
+    if isinstance(x, dict):
+        return {str(k): _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    folder = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_results(out_dir: str, result: dict[str, Any], maps: np.ndarray,
+                  names: list[str]) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(buf, anomaly_maps=maps.astype(np.float32), names=np.asarray(names, dtype=str))
+    _write_atomic(os.path.join(out_dir, "anomaly_maps.npz"), buf.getvalue())
+    text = json.dumps(_finite(result), indent=2, allow_nan=False) + "\n"
+    _write_atomic(os.path.join(out_dir, "metrics.json"), text.encode())
+
+
+# -------------------------------------------------------------------------------- run
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+    """Evaluate the checkpoint on the test split; returns what metrics.json holds."""
+    restored = analysis.restore(config.checkpoint or workdir)
+    config = config.copy_and_resolve_references()
+    checkpoint.apply_arch(config, restored.arch)
+    models = analysis.build_models(config)
+    protocols = tuple(config.evaluate.get("protocols", ("slice",)))
+    unknown = set(protocols) - {"slice", "volume"}
+    if unknown:
+        raise ValueError(f"evaluate.protocols: unknown {sorted(unknown)} (slice | volume)")
+
+    test = _sorted(load_split(config, workdir, "test"),
+                   int(config.evaluate.get("max_examples", 0) or 0))
+    images, segs = test["images"], test.get("segmentations")
+    t0 = time.time()
+    maps = compute_maps(config, models, restored.params, images)
+    seconds = time.time() - t0
+
+    s = config.sample
+    result: dict[str, Any] = dict(
+        n_slices=len(maps),
+        ddim_steps=int(s.ddim_steps),
+        eta=float(s.eta),
+        map_source=str(s.map_source),
+        image_size=int(config.image_size),
+        model=str(config.model.name),
+        checkpoint=restored.directory,
+        checkpoint_step=restored.step,
+        seconds=round(seconds, 3),
+    )
+    rows_slices, rows_volumes = None, None
+    if segs is None:
+        log.warning("the test split has no segmentations: writing maps without metrics")
+        result.update(max_dice=None, f1_max=None, auroc=None, ap=None)
+    else:
+        from madad_jax import volume_metrics as vm
+
+        result.update(slice_protocol(maps, segs))
+        edges = tuple(config.evaluate.get("size_edges_slice", ())) or None
+        result["by_lesion_size"] = vm.slice_size_breakdown(maps, segs, edges)
+        rows_slices = vm.slice_rows(test["names"], maps, segs, result["max_dice_threshold"],
+                                    edges)
+        if "volume" in protocols:
+            result["volume"], rows_volumes = _volume_protocol(
+                config, workdir, models, restored.params, test, maps)
+        if config.evaluate.get("baseline", True):
+            from madad_jax import baseline
+
+            result["baseline"] = baseline.evaluate(images, test["brainmasks"], segs)
+
+    if jax.process_index() == 0:
+        out_dir = os.path.join(workdir, RESULT_DIR)
+        write_results(out_dir, result, maps, test["names"])
+        if rows_slices is not None:
+            from madad_jax import volume_metrics as vm
+
+            vm.write_csv(os.path.join(out_dir, "slices.csv"), rows_slices)
+            if rows_volumes is not None:
+                vm.write_csv(os.path.join(out_dir, "volumes.csv"), rows_volumes)
+        summary = {k: result.get(k) for k in ("max_dice", "f1_max", "auroc", "ap")}
+        print(f"evaluate: {len(maps)} slices, {json.dumps(_finite(summary))} -> {out_dir}",
+              flush=True)
+    return result
