@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +40,7 @@ import nibabel as nib
 import numpy as np
 
 from madad_jax import analysis, figures
+from madad_jax import checkpoint as ckpt
 from madad_jax.data import nifti, preprocess
 from madad_jax.data.errors import BadInputError
 
@@ -144,14 +146,19 @@ def panel_slices(pred: Prediction, n: int) -> list[int]:
 
 
 def write_nifti(path: str, volume: np.ndarray, source_path: str, affine: np.ndarray) -> None:
-    """float32 NIfTI with the input's affine and its qform / sform codes."""
-    img = nib.Nifti1Image(volume.astype(np.float32), affine)
+    """float32 NIfTI with the input's affine, shape (trailing singleton axes included) and
+    qform / sform codes."""
+    qcode = scode = 0
     try:
         src = nib.load(source_path).header
+        shape = tuple(int(n) for n in src.get_data_shape())
+        if shape != volume.shape and int(np.prod(shape)) == volume.size:
+            volume = volume.reshape(shape)
         qcode = int(src["qform_code"]) if "qform_code" in src else 1
         scode = int(src["sform_code"]) if "sform_code" in src else 1
     except Exception:  # a non-NIfTI input format: keep nibabel's defaults
-        qcode = scode = 0
+        pass
+    img = nib.Nifti1Image(volume.astype(np.float32), affine)
     if qcode or scode:
         img.set_qform(affine, code=qcode or scode)
         img.set_sform(affine, code=scode or qcode)
@@ -240,8 +247,6 @@ def run(config, workdir: str) -> dict[str, str]:
 
     restored = analysis.restore(config.checkpoint or workdir)
     run_config = copy.deepcopy(config)
-    from madad_jax import checkpoint as ckpt
-
     ckpt.apply_arch(run_config, restored.arch)
     opts = slice_options(run_config, training_settings(run_config, restored.config))
     models = analysis.build_models(run_config)
@@ -249,7 +254,8 @@ def run(config, workdir: str) -> dict[str, str]:
 
     def maps_fn(images: np.ndarray) -> dict[str, np.ndarray]:
         return analysis.anomaly_maps(run_config, models, restored.params, images, key,
-                                     keys=("anomaly_map", "sample"))
+                                     keys=("anomaly_map", "sample"),
+                                     progress=sys.stderr.isatty())
 
     pred = predict_subject(subject, opts, maps_fn)
     summary = {
