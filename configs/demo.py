@@ -23,23 +23,23 @@ def get_config() -> ml_collections.ConfigDict:
     c.mode = "train_and_evaluate"
     c.image_size = 64
 
-    # Autoencoder: f4, 32-64-128 channels (GroupNorm needs multiples of 32), trained first.
+    # Autoencoder: f4, 32-32-64 channels (GroupNorm needs multiples of 32), trained first.
     c.vae.update(
         ch=32,
-        ch_mult=(1, 2, 4),
+        ch_mult=(1, 1, 2),
         num_res_blocks=1,
         attn_resolutions=(),
         resolution=64,
     )
     c.vae_train.update(
         enabled=True,
-        num_steps=1_500,
+        num_steps=600,
         batch_size=16,
-        lr=2e-4,
+        lr=5e-4,
         kl_weight=1e-6,
         gan_weight=0.0,
         log_every_steps=100,
-        checkpoint_every_steps=500,
+        checkpoint_every_steps=200,
     )
 
     # Denoiser on the 16x16x4 latent: 32-64 channels, attention only at 8x8.
@@ -53,12 +53,12 @@ def get_config() -> ml_collections.ConfigDict:
         dropout=0.1,
     )
     c.train.update(
-        num_steps=1_500,
+        num_steps=1_200,
         batch_size=32,
         lr=5e-4,
         warmup_steps=100,
         log_every_steps=100,
-        checkpoint_every_steps=500,
+        checkpoint_every_steps=300,
     )
 
     # The reference smooths 256x256 maps with sigma 5; the same width at 64x64.
