@@ -13,7 +13,12 @@ from madad_jax import checkpoint
 from madad_jax.config import default_config
 from madad_jax.import_reference import arch_from_reference, convert_unet, convert_vae
 from madad_jax.models import AutoencoderKL, build_denoiser, build_vae, sample_posterior
-from madad_jax.models.layers import timestep_embedding
+from madad_jax.models.layers import (
+    attention_impl,
+    multihead_attention,
+    resolve_precision,
+    timestep_embedding,
+)
 
 TOL = 1e-4  # fixtures README: one call, max abs error
 
@@ -144,3 +149,30 @@ def test_other_architecture_builds_and_trains_dropout():
     b, _ = apply(p, z, t, True, rngs={"dropout": jax.random.key(4)})
     c, _ = apply(p, z, t, False)
     assert not np.allclose(a, b) and not np.allclose(a, c)
+
+
+def test_precision_and_attention_options():
+    assert resolve_precision("auto", jnp.float32) == "highest"
+    assert resolve_precision(None, jnp.bfloat16) is None
+    assert resolve_precision("default", jnp.float32) is None
+    with pytest.raises(ValueError):
+        resolve_precision("tf32", jnp.float32)
+
+    config = default_config()
+    config.model.unet.update(model_channels=32, channel_mult=(1,), num_res_blocks=1,
+                             attention_resolutions=(1,), num_heads=2)
+    z, t = jnp.ones((1, 4, 4, 4)), jnp.array([3])
+    model = build_denoiser(config)
+    p = jax.eval_shape(model.init, jax.random.key(0), z, t)
+    # float32 compute pins every matmul/conv to full float32 (GPUs would use TF32 otherwise).
+    text = str(jax.make_jaxpr(model.apply)(p, z, t))
+    assert "HIGHEST" in text and "precision=None" not in text
+    config.model.dtype = "bfloat16"
+    assert "HIGHEST" not in str(jax.make_jaxpr(build_denoiser(config).apply)(p, z, t))
+
+    # cuDNN attention takes 16-bit inputs only: float32 attention falls back to XLA.
+    q = jax.random.normal(jax.random.key(0), (1, 5, 2, 8))
+    np.testing.assert_allclose(multihead_attention(q, q, q, "cudnn"),
+                               multihead_attention(q, q, q, None), rtol=1e-6)
+    with pytest.raises(ValueError):
+        attention_impl("flash")

@@ -6,7 +6,7 @@ from typing import Any
 
 import flax.linen as nn
 
-from madad_jax.models.layers import attention_impl, parse_dtype
+from madad_jax.models.layers import attention_impl, parse_dtype, resolve_precision
 from madad_jax.models.unet import UNet
 from madad_jax.models.vae import AutoencoderKL, sample_posterior
 
@@ -43,24 +43,32 @@ def unet_kwargs(unet_cfg: Any) -> dict[str, Any]:
 
 
 def build_vae(config: Any, dtype: str | None = None) -> AutoencoderKL:
-    """The autoencoder of `config.vae`; float32 compute unless `dtype` says otherwise."""
-    model_cfg = _get(config, "model")
-    attention = _get(model_cfg, "attention", "auto") if model_cfg is not None else "auto"
-    return AutoencoderKL(**vae_kwargs(config.vae), dtype=parse_dtype(dtype or "float32"),
-                         attention=attention_impl(attention))
+    """The autoencoder of `config.vae`; float32 compute unless `dtype` says otherwise.
+
+    `config.model.attention` and `config.model.precision` (optional, default "auto") apply.
+    """
+    m = _get(config, "model")
+    dt = parse_dtype(dtype or "float32")
+    return AutoencoderKL(**vae_kwargs(config.vae), dtype=dt,
+                         attention=attention_impl(_get(m, "attention", "auto")),
+                         precision=resolve_precision(_get(m, "precision", "auto"), dt))
 
 
 def build_denoiser(config: Any) -> nn.Module:
     """The denoiser named by `config.model.name` ("unet" or "dit").
 
     Both are called as `model.apply(params, z_t, t, train, rngs=...)` and return
-    `(x0_hat, clean_logit)`.
+    `(x0_hat, clean_logit)`. `config.model.dtype` is the compute dtype (params stay float32),
+    `config.model.attention` the attention implementation ("auto" | "xla" | "cudnn") and the
+    optional `config.model.precision` the matmul precision ("auto": exact float32 for float32
+    compute, see `layers.resolve_precision`).
     """
     m = config.model
     dtype = parse_dtype(_get(m, "dtype", "float32"))
     attention = attention_impl(_get(m, "attention", "auto"))
     if m.name == "unet":
-        return UNet(**unet_kwargs(m.unet), dtype=dtype, attention=attention)
+        precision = resolve_precision(_get(m, "precision", "auto"), dtype)
+        return UNet(**unet_kwargs(m.unet), dtype=dtype, attention=attention, precision=precision)
     if m.name == "dit":
         from madad_jax.models.dit import DiT
 

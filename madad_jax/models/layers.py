@@ -6,6 +6,7 @@ computed in float32 whatever the compute dtype, as the reference does.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -37,6 +38,31 @@ def attention_impl(name: str | None) -> str | None:
         raise ValueError(f"unknown attention implementation {name!r}; "
                          f"expected one of {sorted(ATTENTION_IMPLS)}")
     return ATTENTION_IMPLS[name]
+
+
+PRECISIONS = ("auto", "default", "high", "highest")
+
+
+def resolve_precision(name: str | None, dtype: Dtype) -> str | None:
+    """`config.model.precision` to a matmul/conv precision (None: the backend's default).
+
+    "auto" gives "highest" for float32 compute, so that float32 really is float32 on GPUs
+    (TF32 otherwise) and TPUs (one bf16 pass otherwise); this is what reference parity needs.
+    Lower-precision compute dtypes keep the backend default.
+    """
+    name = name or "auto"
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {name!r}; expected one of {PRECISIONS}")
+    if name == "auto":
+        return "highest" if jnp.dtype(dtype) == jnp.float32 else None
+    return None if name == "default" else name
+
+
+def matmul_precision(precision: str | None) -> contextlib.AbstractContextManager:
+    """A context that sets the default precision of the matmuls and convs traced inside."""
+    if precision is None:
+        return contextlib.nullcontext()
+    return jax.default_matmul_precision(precision)
 
 
 class GroupNorm(nn.Module):
@@ -95,7 +121,13 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> j
 
 def multihead_attention(q: jax.Array, k: jax.Array, v: jax.Array,
                         implementation: str | None = None) -> jax.Array:
-    """Softmax(q k^T / sqrt(d)) v on (B, T, heads, d) arrays via `jax.nn.dot_product_attention`."""
+    """Softmax(q k^T / sqrt(d)) v on (B, T, heads, d) arrays via `jax.nn.dot_product_attention`.
+
+    cuDNN's fused kernel takes only 16-bit inputs; float32 attention (e.g. the float32
+    autoencoder beside a bfloat16 denoiser) falls back to the XLA implementation.
+    """
+    if implementation == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16):
+        implementation = "xla"
     return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
 
 

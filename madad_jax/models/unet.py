@@ -17,6 +17,7 @@ from madad_jax.models.layers import (
     GroupNorm,
     conv,
     dense,
+    matmul_precision,
     multihead_attention,
     timestep_embedding,
     upsample_nearest2x,
@@ -106,10 +107,15 @@ class UNet(nn.Module):
     dropout: float = 0.4
     dtype: Dtype = jnp.float32
     attention: str | None = None
+    precision: str | None = None  # matmul/conv precision, see layers.resolve_precision
 
     @nn.compact
     def __call__(self, z_t: jax.Array, t: jax.Array,
                  train: bool = False) -> tuple[jax.Array, jax.Array]:
+        with matmul_precision(self.precision):
+            return self._forward(z_t, t, train)
+
+    def _forward(self, z_t: jax.Array, t: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
         mc, dt = self.model_channels, self.dtype
         t = jnp.broadcast_to(jnp.asarray(t), (z_t.shape[0],))
         emb = timestep_embedding(t, mc)

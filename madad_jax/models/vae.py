@@ -17,6 +17,7 @@ from madad_jax.models.layers import (
     GroupNorm,
     conv,
     dense,
+    matmul_precision,
     multihead_attention,
     upsample_nearest2x,
 )
@@ -202,6 +203,7 @@ class AutoencoderKL(nn.Module):
     embed_dim: int = 4
     dtype: Dtype = jnp.float32
     attention: str | None = None
+    precision: str | None = None  # matmul/conv precision, see layers.resolve_precision
 
     def setup(self):
         if not self.double_z:
@@ -217,12 +219,15 @@ class AutoencoderKL(nn.Module):
 
     def encode(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
         """Posterior mean and log-variance (clipped to [-30, 20]), float32."""
-        moments = self.quant_conv(self.encoder(x, train).astype(jnp.float32))
+        with matmul_precision(self.precision):
+            moments = self.quant_conv(self.encoder(x, train).astype(jnp.float32))
         mean, logvar = jnp.split(moments, 2, axis=-1)
         return mean, jnp.clip(logvar, -30.0, 20.0)
 
     def decode(self, z: jax.Array, train: bool = False) -> jax.Array:
-        return self.decoder(self.post_quant_conv(z.astype(self.dtype)), train).astype(jnp.float32)
+        with matmul_precision(self.precision):
+            h = self.decoder(self.post_quant_conv(z.astype(self.dtype)), train)
+        return h.astype(jnp.float32)
 
     def __call__(self, x: jax.Array, rng: jax.Array | None = None,
                  train: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
