@@ -241,3 +241,13 @@ def test_score_maps_range_and_background():
                 assert np.allclose(maps.reshape(2, -1).max(1), 1.0)
     with pytest.raises(ValueError):
         baseline.score_maps(test["images"], test["brainmasks"], "purple")
+
+
+def test_t2_like_contrast_inverts_tissues():
+    t1 = syn.make_subject(0, "train", 0, GRID, lesions=None, modality="T1")
+    t2 = syn.make_subject(0, "train", 0, GRID, lesions=None, modality="T2")
+    np.testing.assert_array_equal(t1.brainmask, t2.brainmask)  # same anatomy
+    brain = t1.brainmask > 0
+    dark_t1 = brain & (t1.image < np.quantile(t1.image[brain], 0.05))  # CSF on T1
+    bright_t1 = brain & (t1.image > np.quantile(t1.image[brain], 0.9))  # white matter on T1
+    assert t2.image[dark_t1].mean() > 1.5 * t2.image[bright_t1].mean()

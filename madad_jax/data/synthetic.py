@@ -192,7 +192,7 @@ def _template(
         datasets.load_mni152_gm_template(resolution=1),
         datasets.load_mni152_wm_template(resolution=1),
     ]
-    affine = np.asarray(t1.affine, dtype=np.float64)
+    affine = np.array(t1.affine, dtype=np.float64)  # a copy: nilearn caches its images
     for v in vols[1:]:
         if v.shape != t1.shape or not np.allclose(v.affine, affine):
             raise RuntimeError("nilearn's MNI152 volumes do not share one grid")
