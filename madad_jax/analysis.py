@@ -157,6 +157,8 @@ def _infer_fn(config, models: Models):
     if hit is not None and hit[0] is models:
         return hit[1]
     fn = make_infer_fn(models.vae, models.denoiser, config)
+    while len(_INFER_CACHE) >= 8:  # keep a few compiled functions, not every one ever made
+        _INFER_CACHE.pop(next(iter(_INFER_CACHE)))
     _INFER_CACHE[key] = (models, fn)
     return fn
 
