@@ -96,6 +96,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.dit = dit("DiT_B", 2)
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay fp32)
     c.model.attention = "auto"  # auto | xla | cudnn  (jax.nn.dot_product_attention impl)
+    # Matmul/conv precision: auto = full fp32 for fp32 compute (parity; TF32 breaks 1e-4 on
+    # GPUs), backend default for bf16 | default | high | highest.
+    c.model.precision = "auto"
 
     c.diffusion = ml_collections.ConfigDict(
         dict(
