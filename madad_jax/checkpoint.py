@@ -84,6 +84,15 @@ def load_params(directory: str, step: int | None = None) -> tuple[Any, dict[str,
     return out["params"], out["arch"]
 
 
+def load_arch(directory: str, step: int | None = None) -> dict[str, Any]:
+    """Only the `arch` item of a checkpoint (no arrays are read)."""
+    with manager(directory) as mngr:
+        step = mngr.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{directory}: no checkpoint found")
+        return mngr.restore(step, args=ocp.args.Composite(arch=ocp.args.JsonRestore()))["arch"]
+
+
 def _jsonable(x: Any) -> Any:
     if isinstance(x, dict):
         return {str(k): _jsonable(v) for k, v in x.items()}

@@ -28,11 +28,12 @@ MODES = ("train", "evaluate", "predict", "train_and_evaluate")
 
 
 def bad_input_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean "the user's input is unusable" (reported in one line)."""
+    """Exceptions reported in one line: unusable input, or a diverged training run."""
     errors: list[type[BaseException]] = [FileNotFoundError, NotADirectoryError,
                                          IsADirectoryError, PermissionError, ValueError]
     for module, name in (
         ("madad_jax.data.errors", "BadInputError"),
+        ("madad_jax.train", "TrainingDiverged"),
     ):
         try:
             cls = getattr(importlib.import_module(module), name, None)

@@ -105,9 +105,10 @@ def latent_shape(config) -> tuple[int, int, int]:
 
 
 def init_vae_params(config, key: jax.Array) -> Any:
+    """Freshly initialized autoencoder parameters (encoder and decoder)."""
     vae = build_vae(config)
     x = jnp.zeros((1, config.image_size, config.image_size, vae.in_channels), jnp.float32)
-    return vae.init(key, x)["params"]  # encoder and decoder
+    return jax.jit(lambda k: vae.init(k, x)["params"])(key)
 
 
 def init_denoiser_params(config, key: jax.Array) -> Any:
@@ -477,3 +478,155 @@ def check_batch_size(batch_size: int, mesh) -> None:
     if batch_size % nproc or batch_size % mesh.size:
         raise ValueError(f"batch size {batch_size} must be divisible by the {nproc} processes "
                          f"and the {mesh.size} devices of the mesh")
+
+
+# --------------------------------------------------------------------------- data + run
+
+
+def _data_config(config, **train_overrides):
+    """A copy of `config` whose `train.*` keys are overridden (for the pipeline helpers)."""
+    cfg = config.copy_and_resolve_references()
+    with cfg.unlocked():
+        cfg.train.update(train_overrides)
+    return cfg
+
+
+def demo_shards(config, workdir: str) -> str:
+    """The demo's healthy training slices as an ArrayRecord shard in `DIR/data/demo/`.
+
+    They are generated once (deterministically from `data.demo`) and reused on resume; a
+    changed demo config regenerates them.
+    """
+    from madad_jax.data import records, synthetic
+
+    out = os.path.join(workdir, "data", "demo")
+    shard = os.path.join(out, records.shard_name("train", 0, 1))
+    stamp_path = os.path.join(out, "settings.json")
+    stamp = {"image_size": int(config.image_size),
+             "demo": json.loads(config.data.demo.to_json_best_effort())}
+    if os.path.isfile(shard) and os.path.isfile(stamp_path):
+        if records.read_json(stamp_path) == stamp:
+            return shard
+    os.makedirs(out, exist_ok=True)
+    if jax.process_index() == 0:
+        train = synthetic.from_config(config, splits=("train",))["train"]
+        rows = (
+            {"image": img[..., 0], "brainmask": (mask > 0).astype(np.uint8), "name": name}
+            for img, mask, name in zip(train["images"], train["brainmasks"], train["names"],
+                                       strict=True)
+        )
+        records.write_shard(shard, rows)
+        records.write_json_atomic(stamp_path, stamp)
+    _sync("demo_shards")
+    return shard
+
+
+def png_shards(config, workdir: str) -> str:
+    """The reference's PNG `train/` split converted (once, resumably) into `DIR/data/png/`."""
+    from madad_jax.data import convert
+
+    out = os.path.join(workdir, "data", "png")
+    if jax.process_index() == 0:
+        convert.convert_png(config.data.png_root, out, modality=config.data.modality,
+                            image_size=int(config.image_size), splits=("train",),
+                            bad_input=config.data.get("bad_input", "skip"), progress=False)
+    _sync("png_shards")
+    return os.path.join(out, "train.manifest.json")
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def training_source(config, workdir: str) -> str:
+    """Where the training slices are: a shard set path, by `config.data.kind`."""
+    kind = config.data.kind
+    if kind == "arrayrecord":
+        if not config.data.train_path:
+            raise ValueError("config.data.train_path is empty (an ArrayRecord shard set from "
+                             "python -m madad_jax.data.convert)")
+        return config.data.train_path
+    if kind == "demo":
+        return demo_shards(config, workdir)
+    if kind == "png":
+        if not config.data.png_root:
+            raise ValueError("config.data.png_root is empty")
+        return png_shards(config, workdir)
+    raise ValueError(f"config.data.kind must be arrayrecord | demo | png, not {kind!r}")
+
+
+def train_batches(config, workdir: str, batch_size: int, latents: bool = True):
+    """This process's share of each global training batch, from the grain pipeline."""
+    from madad_jax.data import pipeline
+
+    cfg = _data_config(config, batch_size=int(batch_size))
+    with cfg.unlocked():
+        if latents and cfg.data.get("latent_cache", ""):
+            pass  # the pipeline reads the cache (posterior moments) instead of images
+        else:
+            cfg.data.latent_cache = ""
+            cfg.data.train_path = training_source(config, workdir)
+    return pipeline.train_iterator(cfg)
+
+
+def validation_batches(config) -> list[Batch] | None:
+    """`train.val_batches` fixed batches of `data.val_path` (None without one)."""
+    if not config.data.get("val_path", "") or int(config.train.get("val_batches", 0)) <= 0:
+        return None
+    from madad_jax.data import pipeline
+
+    pc, pi = jax.process_count(), jax.process_index()
+    ds = pipeline.make_dataset(
+        config.data.val_path, int(config.train.batch_size) // pc, split="val", augment=False,
+        shuffle=False, repeat=True, process_index=pi, process_count=pc,
+    )
+    it = iter(ds)
+    return [next(it) for _ in range(int(config.train.val_batches))]
+
+
+def load_vae(config, directory: str) -> Any:
+    """The `params["vae"]` of any checkpoint, with `config.vae` set from its `arch`."""
+    params, arch = ckpt.load_params(directory)
+    if "vae" not in params:
+        raise ValueError(f"{directory}: checkpoint holds no 'vae' parameters")
+    if isinstance(arch, dict) and isinstance(arch.get("vae"), dict):
+        with config.unlocked():
+            config.vae.update(ckpt._tuplify(arch["vae"]))
+    want = jax.eval_shape(lambda: init_vae_params(config, jax.random.PRNGKey(0)))
+    got = jax.tree.map(lambda x: tuple(np.shape(x)), params["vae"])
+    if jax.tree.map(lambda x: tuple(x.shape), want) != got:
+        raise ValueError(f"{directory}: its VAE parameters do not match config.vae")
+    return params["vae"]
+
+
+def resolve_vae(config, workdir: str) -> Any:
+    """The frozen VAE for a new run: loaded (`vae_train.checkpoint`) or trained first."""
+    vcfg = config.vae_train
+    if vcfg.checkpoint:
+        return load_vae(config, vcfg.checkpoint)
+    if vcfg.enabled:
+        from madad_jax import train_vae
+
+        if config.data.get("latent_cache", ""):
+            raise ValueError("data.latent_cache holds moments of another VAE; it cannot be "
+                             "used while vae_train.enabled trains a new one")
+        batches = train_batches(config, workdir, int(vcfg.batch_size), latents=False)
+        return train_vae.train_loop(config, workdir, batches)
+    raise ValueError("no autoencoder: set vae_train.checkpoint=CKPT_DIR (for example the "
+                     "reference's imported VAE) or vae_train.enabled=True")
+
+
+def run(config, workdir: str) -> State:
+    """`mode=train`: (train the VAE if asked, then) train the denoiser; resumes in `workdir`."""
+    os.makedirs(workdir, exist_ok=True)
+    resuming = ckpt.latest_step(os.path.join(workdir, "checkpoints")) is not None
+    if resuming:
+        arch = ckpt.load_arch(os.path.join(workdir, "checkpoints"))
+        with config.unlocked():
+            config.vae.update(ckpt._tuplify(arch["vae"]))
+    vae_params = None if resuming else resolve_vae(config, workdir)
+    batches = train_batches(config, workdir, int(config.train.batch_size))
+    return train_loop(config, workdir, batches, vae_params, validation_batches(config))

@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+from tiny_train_config import get_config
 
-from madad_jax.config import default_config
 
-
-def tiny_config(image_size: int = 32, model: str = "unet"):
-    """A few-thousand-parameter MAD-AD: 32x32 images, 16x16x4 latents."""
-    c = default_config()
-    c.mode = "train"
-    c.image_size = image_size
-    c.vae.update(dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, resolution=image_size))
-    c.model.name = model
-    c.model.unet.update(dict(model_channels=32, channel_mult=(1, 2), num_heads=2,
-                             num_res_blocks=1, attention_resolutions=(2,), dropout=0.1))
-    c.model.dit.update(dict(hidden_size=32, depth=2, num_heads=2, patch_size=2))
-    c.train.update(dict(num_steps=6, batch_size=8, lr=1e-3, warmup_steps=2,
-                        log_every_steps=2, checkpoint_every_steps=3, keep_checkpoints=2))
-    c.data.augment = False
-    c.data.num_workers = 0
-    return c
+def tiny_config(model: str = "unet"):
+    """A small MAD-AD: 32x32 images, 16x16x4 latents (see tiny_train_config.py)."""
+    return get_config(model)
 
 
 def make_slices(n: int, size: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -65,3 +52,48 @@ class ArrayBatches:
 
     def set_state(self, state: dict) -> None:
         self.position = int(state["position"])
+
+
+def write_shards(data: dict[str, np.ndarray], path: str) -> str:
+    """Write slices as one ArrayRecord shard with the project's record codec."""
+    from madad_jax.data import records
+
+    rows = ({"image": img[..., 0], "brainmask": (m[..., 0] > 0).astype(np.uint8),
+             "name": f"slice_{i:04d}"}
+            for i, (img, m) in enumerate(zip(data["image"], data["brainmask"], strict=True)))
+    records.write_shard(path, rows)
+    return path
+
+
+def random_vae_params(config, seed: int = 1):
+    """VAE parameters of the right shapes drawn with numpy (no XLA compile of the init).
+
+    The training tests only need *some* frozen autoencoder: kernels ~ N(0, 1/fan_in),
+    GroupNorm scales 1, biases 0.
+    """
+    import jax
+
+    from madad_jax import train
+
+    shapes = jax.eval_shape(lambda: train.init_vae_params(config, jax.random.PRNGKey(0)))
+    rng = np.random.default_rng(seed)
+
+    def one(path, leaf):
+        name = str(path[-1].key)
+        if name == "kernel":
+            fan_in = int(np.prod(leaf.shape[:-1]))
+            return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
+        if name == "scale":
+            return np.ones(leaf.shape, np.float32)
+        return np.zeros(leaf.shape, np.float32)
+
+    return jax.tree_util.tree_map_with_path(one, shapes)
+
+
+def save_vae(config, directory: str, seed: int = 1) -> str:
+    """A random VAE saved as a params+arch checkpoint (what `vae_train.checkpoint` reads)."""
+    from madad_jax import checkpoint
+
+    params = random_vae_params(config, seed)
+    checkpoint.save_params(directory, {"vae": params}, checkpoint.arch_from_config(config))
+    return directory
