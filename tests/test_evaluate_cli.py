@@ -69,3 +69,33 @@ def test_evaluate_bad_input_is_one_line(imported, tmp_path):
     assert len(lines) == 1 and str(missing) in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (workdir / "evaluate").exists()
+
+
+def test_evaluate_run_volume_protocol_unseen_steps(case_dir, imported, tmp_path):
+    # In process, on the 4 test devices: 3 DDIM steps, eta > 0, the "mask" map, a batch that
+    # divides neither the slices nor the devices, and the per-volume protocol.
+    import importlib.util
+
+    from madad_jax import evaluate
+
+    spec = importlib.util.spec_from_file_location("reference_config", REPO / "configs/reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = module.get_config()
+    cfg.checkpoint = str(imported)
+    cfg.data.png_root = str(case_dir / "slices")
+    cfg.sample.update(ddim_steps=3, eta=0.5, map_source="mask")
+    cfg.evaluate.update(protocols=("slice", "volume"), volume_threshold=0.5, max_examples=4,
+                        batch_size=3, baseline=False)
+    res = evaluate.run(cfg, str(tmp_path))
+    out = tmp_path / "evaluate"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "anomaly_maps.npz", "metrics.json", "slices.csv", "volumes.csv"]
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["n_slices"] == 4 and saved["ddim_steps"] == 3 and saved["map_source"] == "mask"
+    assert saved["volume"]["num_volumes"] == 4 and saved["volume"]["threshold"] == 0.5
+    assert "baseline" not in saved and saved["max_dice"] == res["max_dice"]
+    with np.load(out / "anomaly_maps.npz") as z:
+        maps, names = z["anomaly_maps"], list(z["names"])
+    assert names == [f"case00{i}-slice_6{i}" for i in range(4)]
+    assert maps.shape == (4, 64, 64) and 0.0 <= maps.min() and maps.max() <= 1.0 + 1e-6
