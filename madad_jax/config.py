@@ -82,7 +82,7 @@ def dit(preset: str = "DiT_B", patch_size: int = 2) -> ml_collections.ConfigDict
 
 def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.mode = "train_and_evaluate"  # train | evaluate | predict | train_and_evaluate
+    c.mode = "train_and_evaluate"  # train | evaluate | predict | train_and_evaluate | train_vae
     c.checkpoint = ""  # an Orbax checkpoint to load instead of the workdir's latest
     c.verbose = False
     c.image_size = 256
@@ -166,6 +166,10 @@ def default_config() -> ml_collections.ConfigDict:
             eval_every_steps=0,  # 0: only at the end
             val_every_steps=0,  # validation loss + best copy (needs data.val_path); 0: at saves
             val_batches=4,  # fixed validation batches averaged for the best-checkpoint choice
+            # > 0: num_steps = num_epochs * ceil(train slices / batch_size), and warmup_steps
+            # likewise from warmup_epochs (the reference counts in epochs: 200, 10 warm-up).
+            num_epochs=0.0,
+            warmup_epochs=0.0,
         )
     )
 
