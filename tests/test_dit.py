@@ -17,9 +17,16 @@ def _init(m, z, t):
     return jax.jit(m.init)(jax.random.key(1), z, t)
 
 
+_JITTED = {}
+
+
 def _apply(m, params, z, t, train=False, key=None):
-    rngs = {"dropout": key} if key is not None else {}
-    return jax.jit(lambda p, z, t: m.apply(p, z, t, train, rngs=rngs))(params, z, t)
+    # one compiled function per (model, train), kept with its model so the id stays valid
+    entry = _JITTED.get((id(m), train))
+    if entry is None or entry[0] is not m:
+        fn = jax.jit(lambda p, z, t, k: m.apply(p, z, t, train, rngs={"dropout": k}))
+        entry = _JITTED[(id(m), train)] = (m, fn)
+    return entry[1](params, z, t, jax.random.key(0) if key is None else key)
 
 
 def _inputs(b=2, h=8, w=8):
@@ -89,18 +96,16 @@ def test_scan_equals_loop_and_remat_grads():
     stack = lambda *xs: jnp.stack(xs)
     stacked["blocks"] = jax.tree.map(stack, params["blocks_0"], params["blocks_1"])
     want = _apply(loop, {"params": params}, z, t)
-    for remat in (False, True):
-        scan = DiT(**SMALL, patch_size=2, scan_layers=True, remat=remat)
-        ref_shapes = jax.tree.map(jnp.shape, jax.eval_shape(scan.init, jax.random.key(1), z, t))
-        ref_shapes = ref_shapes["params"]
-        assert jax.tree.map(jnp.shape, stacked) == ref_shapes
-        got = _apply(scan, {"params": stacked}, z, t)
-        for a, b in zip(got, want, strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    scan = DiT(**SMALL, patch_size=2, scan_layers=True)
+    ref_shapes = jax.tree.map(jnp.shape, jax.eval_shape(scan.init, jax.random.key(1), z, t))
+    assert jax.tree.map(jnp.shape, stacked) == ref_shapes["params"]
+    got = _apply(scan, {"params": stacked}, z, t)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
-    def loss(p, model):
+    def loss(p, model):  # remat must not change the values or the gradients
         x0, logit = model.apply({"params": p}, z, t)
-        return jnp.mean(x0**2) + jnp.mean(logit**2)
+        return jnp.mean((x0 - want[0]) ** 2) + jnp.mean(logit**2)
 
     g0 = jax.jit(jax.grad(loss), static_argnums=1)(stacked, DiT(**SMALL, patch_size=2))
     g1 = jax.jit(jax.grad(loss), static_argnums=1)(stacked, DiT(**SMALL, patch_size=2, remat=True))
