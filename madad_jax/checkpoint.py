@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 ARCH_KEYS = ("image_size", "latent_scale", "vae", "model")
 
@@ -42,9 +43,15 @@ def apply_arch(config, arch: dict[str, Any]) -> None:
                 config[k] = arch[k]
 
 
+def _abs(directory: str) -> str:
+    """An absolute local path; URLs (gs://...) are left as they are."""
+    directory = os.fspath(directory)
+    return directory if "://" in directory else os.path.abspath(directory)
+
+
 def manager(directory: str, max_to_keep: int | None = None, **kw) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, **kw)
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+    return ocp.CheckpointManager(_abs(directory), options=options)
 
 
 def save_params(directory: str, params: Any, arch: dict[str, Any], step: int = 0) -> None:
@@ -63,7 +70,7 @@ def save_params(directory: str, params: Any, arch: dict[str, Any], step: int = 0
 
 
 def latest_step(directory: str) -> int | None:
-    if not os.path.isdir(directory):
+    if not epath.Path(_abs(directory)).is_dir():
         return None
     with manager(directory) as mngr:
         return mngr.latest_step()
@@ -71,6 +78,7 @@ def latest_step(directory: str) -> int | None:
 
 def load_params(directory: str, step: int | None = None) -> tuple[Any, dict[str, Any]]:
     """Restore `(params, arch)` as numpy pytrees, without any training code."""
+    _require_dir(directory)
     with manager(directory) as mngr:
         step = mngr.latest_step() if step is None else step
         if step is None:
@@ -86,11 +94,18 @@ def load_params(directory: str, step: int | None = None) -> tuple[Any, dict[str,
 
 def load_arch(directory: str, step: int | None = None) -> dict[str, Any]:
     """Only the `arch` item of a checkpoint (no arrays are read)."""
+    _require_dir(directory)
     with manager(directory) as mngr:
         step = mngr.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"{directory}: no checkpoint found")
         return mngr.restore(step, args=ocp.args.Composite(arch=ocp.args.JsonRestore()))["arch"]
+
+
+def _require_dir(directory: str) -> None:
+    # Reading must not create the directory (the manager would).
+    if not epath.Path(_abs(directory)).is_dir():
+        raise FileNotFoundError(f"{directory}: no such checkpoint directory")
 
 
 def _jsonable(x: Any) -> Any:
@@ -184,7 +199,7 @@ def train_manager(directory: str, keep: int | None, async_save: bool = True):
         cleanup_tmp_directories=True,
         enable_async_checkpointing=async_save,
     )
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+    return ocp.CheckpointManager(_abs(directory), options=options)
 
 
 def encode_iterator_state(state: Any) -> str:
@@ -235,8 +250,8 @@ def _wrap(name: str, tree: Any) -> Any:
 
 def step_items(mngr: ocp.CheckpointManager, step: int) -> set[str]:
     """The item names stored at `step`."""
-    path = os.path.join(os.fspath(mngr.directory), str(step))
-    return {p for p in os.listdir(path) if os.path.isdir(os.path.join(path, p))}
+    path = epath.Path(mngr.directory) / str(step)
+    return {p.name for p in path.iterdir() if p.is_dir()}
 
 
 def restore_train_state(

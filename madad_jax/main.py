@@ -1,7 +1,8 @@
 """The main job: `python -m madad_jax.main --config=configs/NAME.py --workdir=DIR`.
 
-`config.mode` picks what runs: `train`, `evaluate`, `predict` or `train_and_evaluate`. Any
-config key can be overridden on the command line (`--config.train.batch_size=32`).
+`config.mode` picks what runs: `train`, `evaluate`, `predict`, `train_and_evaluate`, or
+`train_vae` (only the autoencoder). Any config key can be overridden on the command line
+(`--config.train.batch_size=32`).
 
 On several hosts (a Cloud TPU pod slice, a SLURM job, or processes given
 `JAX_COORDINATOR_ADDRESS` / `--config.distributed.*`), `jax.distributed.initialize` runs
@@ -24,7 +25,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, results.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show full tracebacks and library logs.")
 
-MODES = ("train", "evaluate", "predict", "train_and_evaluate")
+MODES = ("train", "evaluate", "predict", "train_and_evaluate", "train_vae")
 
 
 def bad_input_errors() -> tuple[type[BaseException], ...]:
@@ -111,6 +112,8 @@ def run(config, workdir: str) -> None:
         importlib.import_module("madad_jax.evaluate").run(config, workdir)
     if mode == "predict":
         importlib.import_module("madad_jax.predict").run(config, workdir)
+    if mode == "train_vae":
+        importlib.import_module("madad_jax.train_vae").run(config, workdir)
 
 
 def main(argv: list[str]) -> None:
@@ -165,8 +168,16 @@ def _parse_flags(argv: list[str]) -> list[str]:
     except Exception as err:  # a config file that fails to load, a bad override
         if verbose:
             raise
-        where = f"{path}: " if path and path not in str(err) else ""
-        _fail(where + describe(err))
+        if isinstance(err, (AttributeError, KeyError)):  # an override of a missing key
+            key = str(err).strip("\"' ")
+            flag = next((a.split("=", 1)[0] for a in argv if a.startswith("--config.")
+                         and a.split("=", 1)[0].split(".")[-1] == key), f"--config...{key}")
+            _fail(f"{flag}: no such config key")
+        # ml_collections folds the config's traceback into the message: keep its last line.
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        problem = lines[-1] if len(lines) > 1 else describe(err)
+        where = f"{path}: " if path and path not in problem else ""
+        _fail(where + problem)
     return []
 
 

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from madad_jax import checkpoint as ckpt
 from madad_jax import diffusion
@@ -619,9 +620,32 @@ def resolve_vae(config, workdir: str) -> Any:
                      "reference's imported VAE) or vae_train.enabled=True")
 
 
+def apply_epochs(config, workdir: str) -> None:
+    """With `train.num_epochs > 0`, set `num_steps` / `warmup_steps` from the data set size."""
+    epochs = float(config.train.get("num_epochs", 0.0))
+    if epochs <= 0:
+        return
+    from madad_jax.data import pipeline
+
+    path = config.data.get("latent_cache", "") or training_source(config, workdir)
+    source, _ = pipeline.open_source(path, "train")
+    per_epoch = math.ceil(len(source) / int(config.train.batch_size))
+    with config.unlocked():
+        config.train.num_steps = max(1, round(epochs * per_epoch))
+        config.train.warmup_steps = round(float(config.train.warmup_epochs) * per_epoch)
+    if jax.process_index() == 0:
+        print(f"{len(source)} training slices, {per_epoch} steps per epoch: "
+              f"train.num_steps={config.train.num_steps}, "
+              f"train.warmup_steps={config.train.warmup_steps}", file=sys.stderr)
+
+
 def run(config, workdir: str) -> State:
-    """`mode=train`: (train the VAE if asked, then) train the denoiser; resumes in `workdir`."""
-    os.makedirs(workdir, exist_ok=True)
+    """`mode=train`: (train the VAE if asked, then) train the denoiser; resumes in `workdir`.
+
+    `workdir` may be a local path or a bucket URL (gs://...) that every host sees.
+    """
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    apply_epochs(config, workdir)
     resuming = ckpt.latest_step(os.path.join(workdir, "checkpoints")) is not None
     if resuming:
         arch = ckpt.load_arch(os.path.join(workdir, "checkpoints"))

@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from etils import epath
 
 from madad_jax import checkpoint as ckpt
 from madad_jax import mesh as mesh_lib
@@ -203,3 +204,15 @@ def train_loop(config, workdir: str, batches: Iterator[Batch], mesh=None) -> Any
         config_json=config_json(config), name="vae",
     )
     return state["params"]["vae"]
+
+
+def run(config, workdir: str) -> Any:
+    """`mode=train_vae`: train only the autoencoder, into `DIR/vae_checkpoints/`.
+
+    A denoiser run then uses it with `--config.vae_train.checkpoint=DIR/vae_checkpoints`.
+    """
+    from madad_jax.train import train_batches
+
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    batches = train_batches(config, workdir, int(config.vae_train.batch_size), latents=False)
+    return train_loop(config, workdir, batches)
