@@ -1,0 +1,95 @@
+"""Training options: EMA, the best-by-validation copy, bf16 compute, epochs -> steps."""
+
+import jax
+import numpy as np
+import pytest
+from train_helpers import ArrayBatches, make_slices, random_vae_params, tiny_config, write_shards
+
+from madad_jax import checkpoint, mesh, train
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+            "jax_persistent_cache_min_entry_size_bytes")
+    old = {k: getattr(jax.config, k) for k in keys}
+    jax.config.update(keys[0], str(tmp_path_factory.mktemp("jax_cache")))
+    jax.config.update(keys[1], 0.0)
+    jax.config.update(keys[2], -1)
+    yield
+    for k, v in old.items():
+        jax.config.update(k, v)
+
+
+def _task(config):
+    vae_abstract = jax.eval_shape(lambda: train.init_vae_params(config, jax.random.PRNGKey(0)))
+    return train.DenoiserTask(config, mesh.make_mesh(config), vae_abstract,
+                              random_vae_params(config))
+
+
+def _ema_config():
+    c = tiny_config("dit")
+    c.train.update(dict(ema=True, ema_decay=0.9))
+    return c
+
+
+def test_ema_is_the_running_average():
+    c = _ema_config()
+    task = _task(c)
+    state = task.init()
+    p0 = jax.device_get(state["params"]["denoiser"])
+    for e, p in zip(jax.tree.leaves(jax.device_get(state["ema"])), jax.tree.leaves(p0),
+                    strict=True):
+        np.testing.assert_array_equal(e, p)
+    state, _ = task.step(state, task.put_batch(make_slices(8, 32)))
+    p1, e1 = jax.device_get((state["params"]["denoiser"], state["ema"]))
+    moved = 0
+    for a, b, e in zip(jax.tree.leaves(p0), jax.tree.leaves(p1), jax.tree.leaves(e1),
+                       strict=True):
+        np.testing.assert_allclose(e, 0.9 * a + 0.1 * b, rtol=1e-6, atol=1e-7)
+        moved += int(not np.array_equal(a, b))
+    assert moved > 0
+
+
+def test_ema_and_best_validation_checkpoints(tmp_path):
+    c = _ema_config()
+    c.train.update(dict(num_steps=4, checkpoint_every_steps=2, log_every_steps=2))
+    data = make_slices(24, 32, seed=1)
+    val = [{k: v[16 + 4 * i:16 + 4 * i + 8] for k, v in data.items()} for i in range(2)]
+    train.train_loop(c, str(tmp_path), ArrayBatches(data, 8), random_vae_params(c), val)
+
+    ckpts = tmp_path / "checkpoints"
+    assert "ema" in checkpoint.step_items(checkpoint.train_manager(str(ckpts), 2), 4)
+    best = tmp_path / "best_checkpoint"
+    params, arch = checkpoint.load_params(str(best))  # loadable like any params checkpoint
+    assert set(params) == {"vae", "denoiser"} and arch["image_size"] == 32
+    assert checkpoint.latest_step(str(best)) in (2, 4)
+    # EMA can be turned off on resume; turning it back on without EMA weights is an error.
+    c.train.update(dict(ema=False, num_steps=6))
+    train.train_loop(c, str(tmp_path), ArrayBatches(data, 8), None)
+    assert "ema" not in checkpoint.step_items(checkpoint.train_manager(str(ckpts), 2), 6)
+    c.train.update(dict(ema=True, num_steps=8))
+    with pytest.raises(ValueError, match=r"lacks \['ema'\]"):
+        train.train_loop(c, str(tmp_path), ArrayBatches(data, 8), None)
+
+
+def test_bfloat16_compute_keeps_float32_state():
+    c = tiny_config("dit")
+    batch = make_slices(8, 32, seed=9)
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        c.model.dtype = dtype
+        task = _task(c)
+        state, m = task.step(task.init(), task.put_batch(batch))
+        losses[dtype] = float(m["loss"])
+        dtypes = {x.dtype for x in jax.tree.leaves((state["params"], state["opt_state"]))}
+        assert dtypes <= {np.dtype("float32"), np.dtype("int32")}, dtypes
+    assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=0.05)
+
+
+def test_num_epochs_sets_the_step_counts(tmp_path):
+    c = tiny_config()
+    c.data.train_path = write_shards(make_slices(20, 32), str(tmp_path / "t.array_record"))
+    c.train.update(dict(batch_size=8, num_epochs=3.0, warmup_epochs=0.5))
+    train.apply_epochs(c, str(tmp_path))
+    assert (c.train.num_steps, c.train.warmup_steps) == (9, 2)  # ceil(20/8) = 3 per epoch
