@@ -564,10 +564,9 @@ def train_batches(config, workdir: str, batch_size: int, latents: bool = True):
     from madad_jax.data import pipeline
 
     cfg = _data_config(config, batch_size=int(batch_size))
-    with cfg.unlocked():
-        if latents and cfg.data.get("latent_cache", ""):
-            pass  # the pipeline reads the cache (posterior moments) instead of images
-        else:
+    # With a latent cache the pipeline reads posterior moments instead of images.
+    if not (latents and cfg.data.get("latent_cache", "")):
+        with cfg.unlocked():
             cfg.data.latent_cache = ""
             cfg.data.train_path = training_source(config, workdir)
     return pipeline.train_iterator(cfg)
@@ -645,6 +644,9 @@ def run(config, workdir: str) -> State:
     `workdir` may be a local path or a bucket URL (gs://...) that every host sees.
     """
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    if config.get("checkpoint", "") and jax.process_index() == 0:
+        print(f"note: training ignores checkpoint={config.checkpoint} (evaluation reads it); "
+              "vae_train.checkpoint sets the autoencoder", file=sys.stderr)
     apply_epochs(config, workdir)
     resuming = ckpt.latest_step(os.path.join(workdir, "checkpoints")) is not None
     if resuming:
