@@ -1,5 +1,7 @@
 """Training options: EMA, the best-by-validation copy, bf16 compute, epochs -> steps."""
 
+import struct
+
 import jax
 import numpy as np
 import pytest
@@ -19,6 +21,22 @@ def compilation_cache(tmp_path_factory):
     yield
     for k, v in old.items():
         jax.config.update(k, v)
+
+
+def _scalar_tags(tb_dir) -> set[str]:
+    """Tags of the scalars in TensorBoard event files (TFRecord framing, Event protos)."""
+    from tensorboardX.proto import event_pb2
+
+    tags = set()
+    for path in tb_dir.glob("events.out.tfevents.*"):
+        data = path.read_bytes()
+        pos = 0
+        while pos < len(data):
+            (n,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+            tags |= {v.tag for v in event.summary.value}
+            pos += 12 + n + 4
+    return tags
 
 
 def _task(config):
@@ -58,6 +76,9 @@ def test_ema_and_best_validation_checkpoints(tmp_path):
     val = [{k: v[16 + 4 * i:16 + 4 * i + 8] for k, v in data.items()} for i in range(2)]
     train.train_loop(c, str(tmp_path), ArrayBatches(data, 8), random_vae_params(c), val)
 
+    tags = _scalar_tags(tmp_path / "tb")
+    assert {"train/loss", "train/mse", "train/mask_loss", "train/mask_acc", "train/lr",
+            "train/grad_norm", "train/slices_per_s", "train_val/loss"} <= tags, tags
     ckpts = tmp_path / "checkpoints"
     assert "ema" in checkpoint.step_items(checkpoint.train_manager(str(ckpts), 2), 4)
     best = tmp_path / "best_checkpoint"
