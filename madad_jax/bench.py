@@ -57,7 +57,7 @@ from madad_jax.models import build_denoiser, build_vae
 VOLUME_SLICES = 155  # axial slices of a BraTS / IXI volume in MNI space
 WHAT = ("train", "infer", "data")
 INFER_IMPLS = ("fused", "separate", "separate-sync")
-ATTENTIONS = ("auto", "xla", "cudnn", "naive")
+ATTENTIONS = ("auto", "xla", "cudnn", "blocked", "naive")
 
 
 # ------------------------------------------------------------------------------ configs
@@ -75,7 +75,7 @@ def model_config(name: str, image_size: int, dtype: str, *, tiny: bool = False,
     c = config_lib.default_config()
     c.image_size = int(image_size)
     c.model.dtype = dtype
-    c.model.attention = "auto" if attention == "naive" else attention
+    c.model.attention = "auto" if attention in ("naive", "blocked") else attention
     base, _, patch = name.partition("/")
     if base in config_lib.UNET_PRESETS:
         c.model.name = "unet"
@@ -111,16 +111,20 @@ def naive_attention(q: jax.Array, k: jax.Array, v: jax.Array,
 
 @contextlib.contextmanager
 def attention_override(name: str) -> Iterator[None]:
-    """While tracing inside, the models use `naive_attention` if `name == "naive"`."""
-    if name != "naive":
+    """While tracing inside, the models use `naive_attention` (`name == "naive"`) or
+    `attention.blocked_attention` (`"blocked"`) whatever `config.model.attention` says."""
+    if name not in ("naive", "blocked"):
         yield
         return
+    from madad_jax.attention import blocked_attention
     from madad_jax.models import dit, unet, vae
 
+    impl = naive_attention if name == "naive" else (lambda q, k, v, implementation=None:
+                                                     blocked_attention(q, k, v))
     mods = (dit, unet, vae)
     saved = [m.multihead_attention for m in mods]
     for m in mods:
-        m.multihead_attention = naive_attention
+        m.multihead_attention = impl
     try:
         yield
     finally:

@@ -1,0 +1,149 @@
+"""The benchmark harness at tiny sizes (no timing asserts) and the FLOP counter."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from madad_jax import bench, flops
+
+TRAIN_KEYS = {"figure", "model", "batch", "image_size", "latent_cache", "dtype", "donate",
+              "step_s", "step_s_min", "step_s_max", "step_s_spread", "step_cpu_s",
+              "slices_per_s", "lower_s", "compile_s", "flops", "flops_xla", "mfu",
+              "peak_rss_mb", "device_peak_mb", "temp_mb", "backend", "device_kind",
+              "load_avg_1m"}
+INFER_KEYS = {"figure", "model", "batch", "ddim_steps", "impl", "batch_s", "slice_s",
+              "slices_per_s", "volume_s_projected", "lower_s", "compile_s", "flops",
+              "flops_xla", "mfu", "peak_rss_mb"}
+DATA_KEYS = {"figure", "slices_per_s", "batch_size", "augment", "num_workers", "image_size"}
+
+
+def _finite_positive(x) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+
+def test_smoke_all_figures(tmp_path, capsys):
+    out = tmp_path / "bench.jsonl"
+    rc = bench.main(["--tiny", "--what=train,infer,data", "--model=DiT_S", "--batch=4",
+                     "--latent-cache=off", "--ddim-steps=2", "--reps=1", "--warmup=1",
+                     f"--out={out}"])
+    assert rc == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert printed == written
+    by = {}
+    for fig in printed:
+        assert "error" not in fig, fig
+        by.setdefault(fig["figure"], []).append(fig)
+    assert sorted(by) == ["data", "infer", "memory", "train"]
+
+    (tr,) = by["train"]
+    assert TRAIN_KEYS <= set(tr)
+    assert (tr["model"], tr["batch"], tr["latent_cache"], tr["tiny"]) == ("DiT_S", 4, False, True)
+    for k in ("step_s", "slices_per_s", "compile_s", "flops", "flops_xla", "peak_rss_mb"):
+        assert _finite_positive(tr[k]), (k, tr[k])
+    assert tr["slices_per_s"] == pytest.approx(4 / tr["step_s"])
+    assert tr["step_s_min"] <= tr["step_s"] <= tr["step_s_max"]
+    # The jaxpr count (matmuls + convs) and XLA's (everything, no loops here) agree roughly.
+    assert 0.5 < tr["flops"] / tr["flops_xla"] < 2.0
+
+    (inf,) = by["infer"]
+    assert INFER_KEYS <= set(inf)
+    assert inf["ddim_steps"] == 2 and inf["impl"] == "fused"
+    assert inf["slice_s"] == pytest.approx(inf["batch_s"])  # batch 1
+    assert inf["volume_s_projected"] == pytest.approx(155 * inf["batch_s"])
+
+    assert len(by["data"]) == 2  # without and with augmentation
+    for d in by["data"]:
+        assert DATA_KEYS <= set(d)
+        assert _finite_positive(d["slices_per_s"])
+    assert {d["augment"] for d in by["data"]} == {False, True}
+
+
+def test_bad_flag_is_one_line_and_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--model=UNet_XXL"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "UNet_XXL" in err[0]
+
+
+def test_jaxpr_flops_counts_dots_convs_and_scans():
+    a, b = jnp.ones((3, 5, 7)), jnp.ones((3, 7, 11))
+    assert flops.model_flops(lambda a, b: jnp.einsum("bij,bjk->bik", a, b), a, b) == (
+        2 * 3 * 5 * 7 * 11)
+
+    x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 16))
+
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    conv_flops = 2 * (2 * 8 * 8 * 16) * (3 * 3 * 3)
+    assert flops.model_flops(conv, x, w) == conv_flops
+
+    m = jnp.ones((4, 4))
+
+    def scanned(m):
+        return jax.lax.scan(lambda c, _: (c @ m, None), m, None, length=6)[0]
+
+    assert flops.model_flops(scanned, m) == 6 * 2 * 4 * 4 * 4
+    # XLA's cost analysis counts the loop body once; the jaxpr count does not.
+    compiled = jax.jit(scanned).lower(m).compile()
+    xla = flops.xla_flops(compiled)
+    assert xla is None or xla < 6 * 2 * 4 * 4 * 4
+
+
+def test_peak_table():
+    assert flops.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == pytest.approx(989.4e12)
+    assert flops.peak_flops("NVIDIA H100 PCIe", "bfloat16") == pytest.approx(756e12)
+    assert flops.peak_flops("NVIDIA H100 80GB HBM3", "float32") == pytest.approx(66.9e12)
+    assert flops.peak_flops("cpu", "float32") is None
+
+
+def test_naive_attention_matches_dot_product_attention():
+    k = jax.random.split(jax.random.PRNGKey(0), 3)
+    q, kk, v = (jax.random.normal(key, (2, 10, 3, 8)) for key in k)
+    ref = jax.nn.dot_product_attention(q, kk, v)
+    assert jnp.allclose(bench.naive_attention(q, kk, v), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,block", [((2, 64, 2, 8), 16), ((1, 48, 3, 4), None),
+                                         ((2, 30, 1, 8), 8)])
+def test_blocked_attention_matches_xla(shape, block):
+    from madad_jax.attention import blocked_attention
+
+    keys = jax.random.split(jax.random.PRNGKey(1), 4)
+    q, k, v, w = (jax.random.normal(key, shape) for key in keys)
+
+    def loss(f):
+        return lambda q, k, v: jnp.sum(f(q, k, v) * w)
+
+    ref = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla")  # noqa: E731
+    mine = lambda q, k, v: blocked_attention(q, k, v, block=block)  # noqa: E731
+    assert jnp.allclose(mine(q, k, v), ref(q, k, v), atol=2e-6)
+    g_ref = jax.grad(loss(ref), argnums=(0, 1, 2))(q, k, v)
+    g_mine = jax.jit(jax.grad(loss(mine), argnums=(0, 1, 2)))(q, k, v)
+    for a, b in zip(g_mine, g_ref, strict=True):
+        assert jnp.allclose(a, b, atol=1e-5), float(jnp.abs(a - b).max())
+    # bfloat16 inputs: float32 scores and softmax, bfloat16 out.
+    qb, kb, vb = (x.astype(jnp.bfloat16) for x in (q, k, v))
+    out = blocked_attention(qb, kb, vb, block=block)
+    assert out.dtype == jnp.bfloat16
+    assert jnp.allclose(out.astype(jnp.float32), ref(q, k, v), atol=5e-2)
+
+
+def test_block_size_rule():
+    from madad_jax.attention import block_size
+
+    assert block_size(8, 4, 1024) == 32  # the UNet's 32x32 attention at batch 8
+    assert block_size(1, 4, 1024) == 256
+    assert block_size(1, 1, 1024) == 1024  # small enough for one block
+    assert block_size(2, 2, 100) == 100  # no power of two >= 16 divides 100
+    for b, h, t in [(8, 4, 1024), (3, 5, 96), (16, 12, 256)]:
+        blk = block_size(b, h, t)
+        assert t % blk == 0 and (blk == t or blk >= 16)
