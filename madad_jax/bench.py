@@ -373,8 +373,8 @@ def _bench_volume(run: Callable[..., dict], params: Any, batch: int, image_size:
     t = time_calls(lambda: sample.run_batches(run, params, vol, batch, key), warmup, reps)
     keep = ("model", "family", "batch", "image_size", "ddim_steps", "dtype", "impl",
             "attention", "eta", "map_source", "tiny")
-    fig = {k: base[k] for k in keep}
-    fig.update(figure="infer_volume", slices=VOLUME_SLICES, volume_s=t["median"],
+    fig = {"figure": "infer_volume", **{k: base[k] for k in keep}}
+    fig.update(slices=VOLUME_SLICES, volume_s=t["median"],
                volume_s_min=t["min"], volume_s_max=t["max"], volume_s_spread=t["spread"],
                volume_s_all=t["all"], volume_cpu_s=t["cpu_median"],
                slices_per_s=VOLUME_SLICES / t["median"], warmup=warmup, reps=reps)
