@@ -5,7 +5,8 @@ Writes, atomically, under `DIR/evaluate/`:
   `madad_jax.metrics`), the settings they were computed with, a lesion-size breakdown,
   optionally the per-volume protocol (`volume`) and an intensity-threshold `baseline`;
 - `anomaly_maps.npz`: `anomaly_maps` float32 (N,H,W) and `names` str (N,), sorted by name;
-- `slices.csv` (and `volumes.csv` with the per-volume protocol): one row per unit.
+- `slices.csv` (and `volumes.csv` with the per-volume protocol): one row per unit;
+- `panels.png`: input | healthy counterpart | map | ground truth | mask head, a few slices.
 
 The checkpoint is `config.checkpoint`, or the workdir's latest. Its stored architecture
 replaces the config's, so any checkpoint evaluates with any config file. With several
@@ -102,6 +103,14 @@ def local_batch_sharding() -> tuple[NamedSharding, NamedSharding]:
 def compute_maps(config, models: analysis.Models, params: Any, images: np.ndarray,
                  progress: bool = True) -> np.ndarray:
     """(N,H,W) float32 anomaly maps with `config.sample`, batched over the local devices."""
+    return compute_outputs(config, models, params, images, progress=progress)["anomaly_map"]
+
+
+def compute_outputs(config, models: analysis.Models, params: Any, images: np.ndarray,
+                    keys: tuple[str, ...] = ("anomaly_map",),
+                    progress: bool = True) -> dict[str, np.ndarray]:
+    """The sampler's outputs named by `keys` (see `sample.make_infer_fn`) for every image;
+    `anomaly_map` comes back as float32."""
     n_dev = jax.local_device_count()
     bs = int(config.evaluate.get("batch_size", 0) or config.sample.batch_size)
     bs = min(bs, len(images))
@@ -110,9 +119,11 @@ def compute_maps(config, models: analysis.Models, params: Any, images: np.ndarra
     params = jax.device_put(params, repl)
     infer = sample.make_infer_fn(models.vae, models.denoiser, config)
     key = jax.random.key(int(config.sample.seed))
-    out = sample.run_batches(infer, params, images, bs, key, keys=("anomaly_map",),
+    out = sample.run_batches(infer, params, images, bs, key, keys=tuple(keys),
                              progress=progress, sharding=batch_sh)
-    return out["anomaly_map"].astype(np.float32)
+    if "anomaly_map" in out:
+        out["anomaly_map"] = out["anomaly_map"].astype(np.float32)
+    return out
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -189,6 +200,33 @@ def write_results(out_dir: str, result: dict[str, Any], maps: np.ndarray,
     _write_atomic(os.path.join(out_dir, "metrics.json"), text.encode())
 
 
+PANELS = "panels.png"
+NUM_PANELS = 4
+
+
+def panel_indices(n: int, k: int) -> list[int]:
+    """k slice indices spread evenly over n sorted slices (all of them when n <= k)."""
+    if n <= 0 or k <= 0:
+        return []
+    return sorted({int(round(i)) for i in np.linspace(0, n - 1, min(k, n))})
+
+
+def write_panels(path: str, test: dict[str, Any], outputs: dict[str, np.ndarray],
+                 k: int) -> str | None:
+    """PNG rows input | healthy counterpart | map | [ground truth] | mask head, for k slices."""
+    from madad_jax import figures
+
+    sel = panel_indices(len(test["names"]), k)
+    if not sel:
+        return None
+    segs = test.get("segmentations")
+    return figures.slice_panels(
+        path, test["images"][sel], outputs["sample"][sel], outputs["anomaly_map"][sel],
+        None if segs is None else segs[sel], titles=[test["names"][i] for i in sel],
+        mask_maps=outputs["mean_anomalous"][sel],
+    )
+
+
 # -------------------------------------------------------------------------------- run
 
 
@@ -207,7 +245,9 @@ def run(config, workdir: str) -> dict[str, Any]:
                    int(config.evaluate.get("max_examples", 0) or 0))
     images, segs = test["images"], test.get("segmentations")
     t0 = time.time()
-    maps = compute_maps(config, models, restored.params, images)
+    outputs = compute_outputs(config, models, restored.params, images,
+                              keys=("anomaly_map", "sample", "mean_anomalous"))
+    maps = outputs["anomaly_map"]
     seconds = time.time() - t0
 
     s = config.sample
@@ -251,6 +291,8 @@ def run(config, workdir: str) -> dict[str, Any]:
             vm.write_csv(os.path.join(out_dir, "slices.csv"), rows_slices)
             if rows_volumes is not None:
                 vm.write_csv(os.path.join(out_dir, "volumes.csv"), rows_volumes)
+        write_panels(os.path.join(out_dir, PANELS), test, outputs,
+                     int(config.evaluate.get("num_panels", NUM_PANELS)))
         summary = {k: result.get(k) for k in ("max_dice", "f1_max", "auroc", "ap")}
         print(f"evaluate: {len(maps)} slices, {json.dumps(_finite(summary))} -> {out_dir}",
               flush=True)
