@@ -147,3 +147,23 @@ def test_block_size_rule():
     for b, h, t in [(8, 4, 1024), (3, 5, 96), (16, 12, 256)]:
         blk = block_size(b, h, t)
         assert t % blk == 0 and (blk == t or blk >= 16)
+
+
+@pytest.mark.parametrize("bwd_budget", [2 * 2 * 64 * 16, 2 * 2 * 64 * 32])
+def test_blocked_attention_backward_over_several_blocks(monkeypatch, bwd_budget):
+    """The two-pass backward with several query and key blocks matches XLA's gradient."""
+    from madad_jax import attention
+
+    monkeypatch.setattr(attention, "BWD_BLOCK_ELEMENTS", bwd_budget)
+    assert attention.block_size(2, 2, 64, bwd_budget) in (16, 32)
+    keys = jax.random.split(jax.random.PRNGKey(2), 4)
+    q, k, v, w = (jax.random.normal(key, (2, 64, 2, 8)) for key in keys)
+
+    def grads(f):
+        return jax.jit(jax.grad(lambda q, k, v: jnp.sum(f(q, k, v) * w), argnums=(0, 1, 2)))(
+            q, k, v)
+
+    ref = grads(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla"))
+    mine = grads(lambda q, k, v: attention.blocked_attention(q, k, v, block=16))
+    for a, b in zip(mine, ref, strict=True):
+        assert jnp.allclose(a, b, atol=1e-5), float(jnp.abs(a - b).max())
