@@ -87,6 +87,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.verbose = False
     c.image_size = 256
     c.latent_scale = 0.18215
+    # With data.cache_latents and a VAE trained or loaded in the run: set latent_scale to
+    # 1 / std of the cached latents (latent diffusion's rule), saved with the checkpoint.
+    c.latent_scale_from_data = False
 
     c.vae = medical_vae()
 
@@ -116,6 +119,7 @@ def default_config() -> ml_collections.ConfigDict:
         dict(
             ddim_steps=10,
             eta=0.5,
+            flag_threshold=0.5,  # a position takes the DDIM update where P(clean) < this
             map_source="image",  # image | latent | mask
             clip=0.25,
             scale=4.0,
@@ -136,6 +140,9 @@ def default_config() -> ml_collections.ConfigDict:
             split="test",
             modality="T2",
             latent_cache="",  # ArrayRecord of VAE posterior moments; empty: encode on the fly
+            # Encode the training slices once with the run's VAE (trained or loaded) into
+            # {workdir}/latent_cache and train the denoiser from there (no augmentation).
+            cache_latents=False,
             augment=True,
             augment_p=0.5,  # probability of each augmentation (the reference's 0.5)
             rotate_degrees=5.0,

@@ -2,8 +2,9 @@
 
 One jitted function per batch: encode (posterior mean x latent_scale), S DDIM steps in a
 `lax.scan`, both decodes, the anomaly map and its Gaussian smoothing. At each step the
-denoiser's clean-probability is recomputed, and only positions with P(clean) < 0.5 take the
-DDIM update; the others keep their value.
+denoiser's clean-probability is recomputed, and only positions with P(clean) below
+`sample.flag_threshold` (0.5, as in the reference) take the DDIM update; the others keep
+their value.
 
 Map sources (`config.sample.map_source`):
 - "image" (the reference): `|decode(z_S) - decode(z_in)|`, max over image channels,
@@ -57,11 +58,12 @@ def ddim_step(
     key: jax.Array,
     tables: dict[str, jax.Array],
     eta: float,
+    flag_threshold: float = 0.5,
 ) -> dict[str, jax.Array]:
     """One mask-guided DDIM step from respaced step `i` to `i - 1`.
 
     Returns the next latent `z`, the model's `x0_hat`, `p_clean` (B,h,w,1) and `flagged`
-    (P(clean) < 0.5: the positions this step changed).
+    (P(clean) < `flag_threshold`, 0.5 in the reference: the positions this step changed).
     """
     b = z.shape[0]
     t = jnp.broadcast_to(tables["timestep_map"][i], (b,))
@@ -77,7 +79,7 @@ def ddim_step(
     if eta:
         noise = jax.random.normal(key, z.shape, z.dtype)
         cand = cand + jnp.where(i != 0, sigma, 0.0) * noise
-    flagged = p_clean < 0.5
+    flagged = p_clean < flag_threshold
     return dict(z=jnp.where(flagged, cand, z), x0_hat=x0_hat, p_clean=p_clean, flagged=flagged)
 
 
@@ -86,10 +88,11 @@ def make_step_fn(denoiser, config) -> Callable[..., dict[str, jax.Array]]:
     tables = ddim_tables(config.diffusion.num_steps, config.sample.ddim_steps)
     apply_fn = _denoiser_apply(denoiser)
     eta = float(config.sample.eta)
+    thr = float(config.sample.get("flag_threshold", 0.5))
 
     @jax.jit
     def step(params, z, i, key):
-        return ddim_step(apply_fn, params, z, jnp.asarray(i), key, tables, eta)
+        return ddim_step(apply_fn, params, z, jnp.asarray(i), key, tables, eta, thr)
 
     return step
 
@@ -142,6 +145,7 @@ def make_infer_fn(vae, denoiser, config, trajectory: bool = False) -> Callable[.
     tables = ddim_tables(config.diffusion.num_steps, n)
     scale = float(config.latent_scale)
     eta = float(scfg.eta)
+    thr = float(scfg.get("flag_threshold", 0.5))
     apply_den = _denoiser_apply(denoiser)
 
     def encode(p, x):
@@ -157,7 +161,7 @@ def make_infer_fn(vae, denoiser, config, trajectory: bool = False) -> Callable[.
         def body(carry, xs):
             z, anomalous = carry
             i, k = xs
-            out = ddim_step(apply_den, params["denoiser"], z, i, k, tables, eta)
+            out = ddim_step(apply_den, params["denoiser"], z, i, k, tables, eta, thr)
             carry = (out["z"], anomalous + (1.0 - out["p_clean"][..., 0]))
             if trajectory:
                 ys = (z, out["x0_hat"], out["flagged"], out["p_clean"])

@@ -619,6 +619,59 @@ def resolve_vae(config, workdir: str) -> Any:
                      "reference's imported VAE) or vae_train.enabled=True")
 
 
+def _params_fingerprint(params: Any) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(jax.device_get(params)):
+        h.update(np.ascontiguousarray(leaf).tobytes())
+    return h.hexdigest()[:16]
+
+
+def cache_run_latents(config, workdir: str, vae_params: Any | None) -> None:
+    """`data.cache_latents`: encode the training slices once into `{workdir}/latent_cache`.
+
+    The cache is named by a fingerprint of the VAE's parameters, so another VAE rebuilds it.
+    A resumed run (`vae_params` None) reuses the cache its first run completed.
+    """
+    from madad_jax.data import latent_cache
+
+    out = os.path.join(workdir, "latent_cache")
+    if vae_params is not None:
+        if jax.process_index() == 0:
+            encode = latent_cache.vae_encoder(config, vae_params)
+            latent_cache.build_latent_cache(
+                training_source(config, workdir), out, encode,
+                encoder_id=f"vae-{_params_fingerprint(vae_params)}")
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("latent_cache")
+    elif not epath.Path(out).exists():
+        raise ValueError(f"{out}: data.cache_latents is set but the resumed run has no cache")
+    with config.unlocked():
+        config.data.latent_cache = out
+        if config.get("latent_scale_from_data", False) and vae_params is not None:
+            config.latent_scale = latent_scale_from_cache(out)
+    if jax.process_index() == 0 and config.get("latent_scale_from_data", False):
+        print(f"latent_scale={config.latent_scale:.5g} (1 / std of the cached posterior means)",
+              file=sys.stderr)
+
+
+def latent_scale_from_cache(directory: str) -> float:
+    """1 / std of every cached posterior mean: latents of unit variance for the diffusion."""
+    from madad_jax.data import records
+
+    shards, _ = records.resolve_shards(directory, "train")
+    total, total_sq, n = 0.0, 0.0, 0
+    for path in shards:
+        for r in records.read_shard(path):
+            m = np.asarray(r["latent_mean"], np.float64)
+            total, total_sq, n = total + m.sum(), total_sq + (m * m).sum(), n + m.size
+    var = total_sq / n - (total / n) ** 2
+    return float(1.0 / math.sqrt(max(var, 1e-12)))
+
+
 def apply_epochs(config, workdir: str) -> None:
     """With `train.num_epochs > 0`, set `num_steps` / `warmup_steps` from the data set size."""
     epochs = float(config.train.get("num_epochs", 0.0))
@@ -654,5 +707,7 @@ def run(config, workdir: str) -> State:
         with config.unlocked():
             config.vae.update(ckpt._tuplify(arch["vae"]))
     vae_params = None if resuming else resolve_vae(config, workdir)
+    if config.data.get("cache_latents", False):
+        cache_run_latents(config, workdir, vae_params)
     batches = train_batches(config, workdir, int(config.train.batch_size))
     return train_loop(config, workdir, batches, vae_params, validation_batches(config))

@@ -54,6 +54,9 @@ def test_demo_command_end_to_end(tmp_path):
 
     assert _steps(workdir / "vae_checkpoints") == [2]
     assert _steps(workdir / "checkpoints") == [3]
+    # data.cache_latents: the denoiser trained from moments encoded once by the new VAE.
+    assert any((workdir / "latent_cache").glob("train*"))
+    assert "latent_scale=" in proc.stderr
 
     out = workdir / "evaluate"
     res = json.loads((out / "metrics.json").read_text())

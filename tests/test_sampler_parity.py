@@ -136,3 +136,22 @@ def _bilinear(a, size, axis):
     i1 = np.minimum(i0 + 1, n - 1)
     w = (src - i0).reshape([-1 if d == axis else 1 for d in range(a.ndim)])
     return np.take(a, i0, axis=axis) * (1 - w) + np.take(a, i1, axis=axis) * w
+
+
+def test_flag_threshold(ref):
+    """`sample.flag_threshold`: 0 flags nothing (no change, zero map), > 1 flags every
+    position; in between, the flags are P(clean) < threshold at each step."""
+    x = nhwc(ref["pipe"]["image"])[:4]
+    out = {}
+    for thr in (0.0, 0.7, 1.01):
+        cfg = _cfg(ref, 2)
+        cfg.sample.flag_threshold = thr
+        infer = sample.make_infer_fn(build_vae(cfg), build_denoiser(cfg), cfg, trajectory=True)
+        out[thr] = jax.tree.map(np.asarray, infer(ref["params"], x, jax.random.key(0)))
+    none, mid, every = out[0.0], out[0.7], out[1.01]
+    np.testing.assert_array_equal(none["latent"], none["encoded"])
+    # the two decodes of the same latent may differ by float rounding (separate fusions)
+    assert none["anomaly_map"].max() < 1e-4 and none["flagged_frac"].max() == 0.0
+    assert every["steps_flagged"].all() and every["flagged_frac"].min() == 1.0
+    np.testing.assert_array_equal(mid["steps_flagged"], mid["steps_p_clean"] < 0.7)
+    assert 0.0 < mid["flagged_frac"].mean() < 1.0
