@@ -706,6 +706,8 @@ def run(config, workdir: str) -> State:
         arch = ckpt.load_arch(os.path.join(workdir, "checkpoints"))
         with config.unlocked():
             config.vae.update(ckpt._tuplify(arch["vae"]))
+            if config.get("latent_scale_from_data", False) and "latent_scale" in arch:
+                config.latent_scale = float(arch["latent_scale"])  # what the first run set
     vae_params = None if resuming else resolve_vae(config, workdir)
     if config.data.get("cache_latents", False):
         cache_run_latents(config, workdir, vae_params)

@@ -75,3 +75,18 @@ def test_demo_command_end_to_end(tmp_path):
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
     assert not list(out.glob(".*tmp*"))
     assert "evaluate: 3 slices" in proc.stdout
+
+    # Resuming for one more step keeps the latent scale the first run derived from its cache.
+    from madad_jax import checkpoint
+
+    scale = checkpoint.load_arch(str(workdir / "checkpoints"))["latent_scale"]
+    assert scale != 0.18215 and math.isfinite(scale)
+    proc = subprocess.run(
+        [sys.executable, "-m", "madad_jax.main", "--config=configs/demo.py",
+         f"--workdir={workdir}", *SMOKE, "--config.train.num_steps=4",
+         "--config.train.checkpoint_every_steps=4"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _steps(workdir / "checkpoints")[-1] == 4
+    assert checkpoint.load_arch(str(workdir / "checkpoints"))["latent_scale"] == scale
