@@ -25,50 +25,10 @@ augmentation (rotation 5 degrees, translation, brightness/contrast, each with p 
 
 import ml_collections
 
-from madad_jax.config import default_config, medical_vae, unet
+from madad_jax.config import BRATS_MODALITIES, brats_setup
 
-MODALITIES = ("FLAIR", "T1CE", "T2", "T1")
+MODALITIES = BRATS_MODALITIES
 
 
 def get_config(modality: str = "FLAIR") -> ml_collections.ConfigDict:
-    modality = modality.upper()
-    if modality not in MODALITIES:
-        raise ValueError(f"modality must be one of {MODALITIES}, not {modality!r}")
-    c = default_config()
-    c.mode = "train_and_evaluate"
-    c.image_size = 256
-    c.vae = medical_vae()
-    c.model.name = "unet"
-    c.model.unet = unet("UNet_L")
-
-    c.train.update(
-        dict(
-            batch_size=96,
-            lr=4e-5,
-            weight_decay=1e-4,
-            schedule="cosine",
-            num_epochs=200.0,
-            warmup_epochs=10.0,
-            ema=False,
-            grad_clip=0.0,
-            log_every_steps=100,
-            checkpoint_every_steps=2_000,
-            keep_checkpoints=3,
-        )
-    )
-
-    root = f"data/brats/{modality}"
-    c.data.update(
-        dict(
-            kind="arrayrecord",
-            modality=modality,
-            train_path=root,
-            val_path=root,
-            test_path=root,
-            augment=True,
-            num_workers=4,
-        )
-    )
-    c.sample.update(dict(ddim_steps=10, eta=0.5, map_source="image"))
-    c.evaluate.protocols = ("slice",)
-    return c
+    return brats_setup(modality)

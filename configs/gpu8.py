@@ -11,22 +11,13 @@ and GroupNorm statistics), and 8 data-loading worker processes. The same config 
 fewer GPUs as long as they divide the batch.
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _brats():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "brats.py")
-    spec = importlib.util.spec_from_file_location("madad_configs_brats", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from madad_jax.config import brats_setup
 
 
 def get_config(modality: str = "FLAIR") -> ml_collections.ConfigDict:
-    c = _brats().get_config(modality)
+    c = brats_setup(modality)
     c.model.dtype = "bfloat16"
     c.model.attention = "auto"
     c.mesh.update(dict(data=-1, fsdp=1, param_sharding="replicated"))

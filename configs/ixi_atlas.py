@@ -23,38 +23,17 @@ Hyperparameters are the reference's (see configs/brats.py).
 
 import ml_collections
 
-from madad_jax.config import default_config, medical_vae, unet
+from madad_jax.config import paper_setup
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = default_config()
-    c.mode = "train_and_evaluate"
-    c.image_size = 256
-    c.vae = medical_vae()
-    c.model.name = "unet"
-    c.model.unet = unet("UNet_L")
-    c.train.update(
-        dict(
-            batch_size=96,
-            lr=4e-5,
-            weight_decay=1e-4,
-            schedule="cosine",
-            num_epochs=200.0,
-            warmup_epochs=10.0,
-            log_every_steps=100,
-            checkpoint_every_steps=2_000,
-        )
-    )
+    c = paper_setup("UNet_L")
     c.data.update(
         dict(
-            kind="arrayrecord",
             modality="T1",
             train_path="data/ixi/T1",
             val_path="data/ixi/T1",
             test_path="data/atlas/T1",
-            augment=True,
-            num_workers=4,
         )
     )
-    c.evaluate.protocols = ("slice",)
     return c

@@ -20,24 +20,13 @@ for the 1024 batch, 200 epochs with 10 warm-up epochs as the reference; everythi
 (T = 10, patch masks, loss) is the reference's.
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-from madad_jax.config import dit
-
-
-def _brats():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "brats.py")
-    spec = importlib.util.spec_from_file_location("madad_configs_brats", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from madad_jax.config import brats_setup, dit
 
 
 def get_config(modality: str = "FLAIR") -> ml_collections.ConfigDict:
-    c = _brats().get_config(modality)
+    c = brats_setup(modality)
     c.model.name = "dit"
     c.model.dit = dit("DiT_L", patch_size=2)
     c.model.dit.update(dict(scan_layers=True, remat=True))
