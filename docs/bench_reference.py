@@ -39,33 +39,25 @@ import numpy as np
 import torch
 
 
-def _ref_dir() -> Path:
-    for i, a in enumerate(sys.argv):
-        if a.startswith("--ref-dir="):
-            return Path(a.split("=", 1)[1]).resolve()
-        if a == "--ref-dir" and i + 1 < len(sys.argv):
-            return Path(sys.argv[i + 1]).resolve()
-    raise SystemExit("bench_reference.py: --ref-dir=PATH (a farzad-bz/MAD-AD checkout) is required")
+def _import_reference(ref_dir: Path) -> types.SimpleNamespace:
+    """The authors' modules, imported from their checkout (which they expect as the cwd)."""
+    sys.path.insert(0, str(ref_dir))
+    os.chdir(ref_dir)  # the authors' modules read their configs relative to the checkout
+    from diffusion_x0 import create_diffusion
+    from ldm.models.autoencoder import AutoencoderKL
+    from models import UNET_models
 
+    def script(name: str, filename: str) -> types.ModuleType:
+        spec = importlib.util.spec_from_file_location(name, ref_dir / filename)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
 
-REF = _ref_dir()
-sys.path.insert(0, str(REF))
-os.chdir(REF)  # the authors' modules read their configs relative to the checkout
+    return types.SimpleNamespace(
+        create_diffusion=create_diffusion, AutoencoderKL=AutoencoderKL,
+        UNET_models=UNET_models, evaluate=script("ref_evaluate", "evaluate-MAD-AD.py"),
+        train=script("ref_train", "train-MAD-AD.py"))
 
-from diffusion_x0 import create_diffusion  # noqa: E402
-from ldm.models.autoencoder import AutoencoderKL  # noqa: E402
-from models import UNET_models  # noqa: E402
-
-
-def _load_script(name: str, filename: str) -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location(name, REF / filename)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ref_eval = _load_script("ref_evaluate", "evaluate-MAD-AD.py")
-ref_train = _load_script("ref_train", "train-MAD-AD.py")
 
 MEDICAL_DDCONFIG = dict(double_z=True, z_channels=4, resolution=256, in_channels=1, out_ch=1,
                         ch=128, ch_mult=[1, 2, 4, 4], num_res_blocks=2, attn_resolutions=[],
@@ -104,16 +96,18 @@ def main() -> None:
     ap.add_argument("--ref-dir", required=True, help="checkout of farzad-bz/MAD-AD")
     ap.add_argument("--out", default="bench_reference.json")
     opts = ap.parse_args()
+    out = Path(opts.out).resolve()  # before the import moves the cwd into the checkout
+    ref = _import_reference(Path(opts.ref_dir).resolve())
     torch.set_num_threads(opts.threads)
     torch.manual_seed(0)
     np.random.seed(0)
     gen = torch.Generator().manual_seed(0)
     load_before = os.getloadavg()
 
-    vae = AutoencoderKL(ddconfig=MEDICAL_DDCONFIG, lossconfig={"target": "torch.nn.Identity"},
+    vae = ref.AutoencoderKL(ddconfig=MEDICAL_DDCONFIG, lossconfig={"target": "torch.nn.Identity"},
                         embed_dim=4).eval()
-    model = UNET_models["UNet_XS"](latent_size=32)
-    diffusion = create_diffusion(timestep_respacing="ddim10", predict_xstart=True,
+    model = ref.UNET_models["UNet_XS"](latent_size=32)
+    diffusion = ref.create_diffusion(timestep_respacing="ddim10", predict_xstart=True,
                                  sigma_small=False, learn_sigma=False, diffusion_steps=10)
     opt = torch.optim.AdamW(model.parameters(), lr=4e-5, weight_decay=1e-4)
     n_params = sum(p.numel() for p in model.parameters())
@@ -131,7 +125,7 @@ def main() -> None:
         mask_patch_size_x = np.random.choice([1, 2, 4, 8], 1, p=[0.2, 0.3, 0.3, 0.2]).item()
         mask_patch_size_y = np.random.choice([1, 2, 4, 8], 1, p=[0.2, 0.3, 0.3, 0.2]).item()
         mask_ratios = np.random.uniform(low=0.0, high=0.4, size=x.shape[0])
-        mask = ref_train.random_mask(x, mask_ratios=mask_ratios,
+        mask = ref.train.random_mask(x, mask_ratios=mask_ratios,
                                      mask_patch_size_x=mask_patch_size_x,
                                      mask_patch_size_y=mask_patch_size_y)
         brainmask_reduced = (torch.nn.functional.avg_pool2d(brainmask.unsqueeze(1), 16, 16)
@@ -174,7 +168,7 @@ def main() -> None:
             image_difference = (((((torch.abs(image_sample - xx))).to(torch.float32)).mean(
                 axis=0)).detach().cpu().numpy().transpose(1, 2, 0).max(axis=2))
             image_difference = (np.clip(image_difference, 0.0, 0.25)) * 4
-            ref_eval.smooth_mask(image_difference, sigma=5)
+            ref.evaluate.smooth_mask(image_difference, sigma=5)
         t4 = time.perf_counter()
         return {"vae_encode_s": t1 - t0, "ddim10_s": t2 - t1, "two_decodes_s": t3 - t2,
                 "anomaly_map_s": t4 - t3}
@@ -216,7 +210,6 @@ def main() -> None:
             "median_parts_s": infer_parts,
         },
     }
-    out = Path(opts.out).resolve()
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, out)
