@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 from madad_jax import checkpoint as ckpt
 from madad_jax.config import default_config
 from madad_jax.data.errors import BadInputError
+from madad_jax.latents import LatentNorm
 
 log = logging.getLogger("madad_jax.analysis")
 
@@ -43,6 +44,7 @@ class Restored(NamedTuple):
     config: dict[str, Any] | None  # the run's full config, for training checkpoints
     directory: str  # the CheckpointManager directory
     step: int
+    ema: bool = False  # params["denoiser"] holds the EMA weights (train.ema)
 
 
 def checkpoint_dir(path: str | os.PathLike) -> str:
@@ -66,8 +68,12 @@ def _steps(directory: str) -> list[int]:
                   if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
 
 
-def restore(path: str | os.PathLike, step: int | None = None) -> Restored:
-    """Read `(params, arch, config, directory, step)` from a checkpoint or a workdir."""
+def restore(path: str | os.PathLike, step: int | None = None, ema: bool = True) -> Restored:
+    """Read `(params, arch, config, directory, step, ema)` from a checkpoint or a workdir.
+
+    With `ema` and a checkpoint that holds EMA weights (`train.ema`), `params["denoiser"]` are
+    the EMA weights.
+    """
     directory = checkpoint_dir(path)
     try:
         with ckpt.manager(directory) as mngr:
@@ -82,6 +88,9 @@ def restore(path: str | os.PathLike, step: int | None = None) -> Restored:
             args = dict(params=ocp.args.StandardRestore(), arch=ocp.args.JsonRestore())
             if "config" in items:
                 args["config"] = ocp.args.JsonRestore()
+            use_ema = ema and "ema" in items
+            if use_ema:
+                args["ema"] = ocp.args.StandardRestore()
             out = mngr.restore(step, args=ocp.args.Composite(**args))
     except (BadInputError, FileNotFoundError):
         raise
@@ -91,8 +100,10 @@ def restore(path: str | os.PathLike, step: int | None = None) -> Restored:
     params = jax.tree.map(np.asarray, out["params"])
     if not isinstance(params, dict) or not {"vae", "denoiser"} <= set(params):
         raise BadInputError(directory, "checkpoint params lack 'vae' and 'denoiser'")
+    if use_ema:
+        params = dict(params, denoiser=jax.tree.map(np.asarray, out["ema"]))
     stored = out["config"] if "config" in out and out["config"] else None
-    return Restored(params, dict(out["arch"]), stored, directory, int(step))
+    return Restored(params, dict(out["arch"]), stored, directory, int(step), use_ema)
 
 
 def config_from_checkpoint(
@@ -132,10 +143,11 @@ def build_models(config) -> Models:
 
 
 def load(
-    path: str | os.PathLike, step: int | None = None
+    path: str | os.PathLike, step: int | None = None, ema: bool = True
 ) -> tuple[ml_collections.ConfigDict, Models, Any]:
-    """`(config, models, params)` from a workdir or checkpoint directory (latest step)."""
-    r = restore(path, step)
+    """`(config, models, params)` from a workdir or checkpoint directory (latest step); the
+    denoiser's EMA weights when the checkpoint has them and `ema`."""
+    r = restore(path, step, ema)
     config = config_from_checkpoint(r.arch, r.config)
     with config.unlocked():
         config.checkpoint = r.directory
@@ -150,9 +162,10 @@ _INFER_CACHE: dict[Any, tuple[Models, Any]] = {}
 def _infer_fn(config, models: Models):
     from madad_jax.sample import make_infer_fn
 
+    parts = ("sample", "diffusion", "latent_scale", "latent_whitening")
     key = (id(models), json.dumps(
-        {k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
-         for k in ("sample", "diffusion", "latent_scale")}, sort_keys=True, default=str))
+        {k: v.to_dict() if hasattr(v, "to_dict") else v
+         for k, v in ((k, config.get(k)) for k in parts)}, sort_keys=True, default=str))
     hit = _INFER_CACHE.get(key)
     if hit is not None and hit[0] is models:
         return hit[1]
@@ -210,8 +223,8 @@ def mask_head(
     if t is None:
         tables = ddim_tables(config.diffusion.num_steps, config.sample.ddim_steps)
         t = int(tables["timestep_map"][-1])
-    scale = float(config.latent_scale)
-    z = models.vae.apply({"params": params["vae"]}, x, method=models.vae.encode)[0] * scale
+    norm = LatentNorm.from_config(config)
+    z = norm.to_model(models.vae.apply({"params": params["vae"]}, x, method=models.vae.encode)[0])
     _, logit = models.denoiser.apply({"params": params["denoiser"]}, z,
                                      jnp.full((len(x),), t, jnp.int32), False)
     return np.asarray(1.0 - jax.nn.sigmoid(logit[..., 0].astype(jnp.float32)))

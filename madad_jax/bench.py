@@ -52,6 +52,7 @@ import numpy as np
 from madad_jax import config as config_lib
 from madad_jax import flops as flops_lib
 from madad_jax import sample, train
+from madad_jax.latents import LatentNorm
 from madad_jax.models import build_denoiser, build_vae
 
 VOLUME_SLICES = 155  # axial slices of a BraTS / IXI volume in MNI space
@@ -288,10 +289,10 @@ def bench_train(model: str, batch: int, *, image_size: int, latents: bool, dtype
 def _separate_infer(vae: Any, denoiser: Any, cfg: Any, sync: bool) -> Callable[..., dict]:
     """The unfused baseline: a jit per piece and a Python loop over the DDIM steps."""
     scfg = cfg.sample
-    scale = float(cfg.latent_scale)
+    norm = LatentNorm.from_config(cfg)
     n = int(scfg.ddim_steps)
-    encode = jax.jit(lambda p, x: vae.apply({"params": p}, x, method=vae.encode)[0] * scale)
-    decode = jax.jit(lambda p, z: vae.apply({"params": p}, z / scale, method=vae.decode))
+    encode = jax.jit(lambda p, x: norm.to_model(vae.apply({"params": p}, x, method=vae.encode)[0]))
+    decode = jax.jit(lambda p, z: vae.apply({"params": p}, norm.from_model(z), method=vae.decode))
     step = sample.make_step_fn(denoiser, cfg)
     amap = jax.jit(lambda xh, xr, zo, zi, ma: sample.anomaly_map(
         scfg.map_source, scfg, xh, xr, zo, zi, ma))

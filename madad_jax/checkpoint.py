@@ -2,8 +2,8 @@
 
 A checkpoint directory is an Orbax `CheckpointManager` directory. Every step holds at least
 the items `params` (a pytree `{"vae": ..., "denoiser": ...}`) and `arch` (JSON: the
-`image_size`, `latent_scale`, `vae` and `model` config sub-trees). Training checkpoints add
-their own items (optimizer state, EMA, data iterator, ...) beside these.
+`image_size`, `latent_scale`, `latent_whitening`, `vae` and `model` config sub-trees).
+Training checkpoints add their own items (optimizer state, EMA, data iterator, ...) beside these.
 """
 
 from __future__ import annotations
@@ -19,14 +19,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-ARCH_KEYS = ("image_size", "latent_scale", "vae", "model")
+ARCH_KEYS = ("image_size", "latent_scale", "latent_whitening", "vae", "model")
 
 
 def arch_from_config(config) -> dict[str, Any]:
     """The part of a config that fixes the parameter shapes, as plain JSON."""
     out = {}
     for k in ARCH_KEYS:
-        v = config[k]
+        v = config.get(k)
+        if v is None:
+            continue
         out[k] = v.to_dict() if hasattr(v, "to_dict") else v
     return _jsonable(out)
 
@@ -37,7 +39,7 @@ def apply_arch(config, arch: dict[str, Any]) -> None:
         for k in ARCH_KEYS:
             if k not in arch:
                 continue
-            if isinstance(arch[k], dict):
+            if isinstance(arch[k], dict) and k in config:
                 config[k].update(_tuplify(arch[k]))
             else:
                 config[k] = arch[k]

@@ -90,6 +90,11 @@ def default_config() -> ml_collections.ConfigDict:
     # With data.cache_latents and a VAE trained or loaded in the run: set latent_scale to
     # 1 / std of the cached latents (latent diffusion's rule), saved with the checkpoint.
     c.latent_scale_from_data = False
+    # With data.cache_latents: whiten the latents instead, z = (latent - shift) @ matrix.T,
+    # the ZCA of the cached in-brain posterior means (madad_jax.latents). Filled in by the
+    # run and saved with the checkpoint; empty: latents are multiplied by latent_scale.
+    c.latent_whiten_from_data = False
+    c.latent_whitening = ml_collections.ConfigDict(dict(shift=(), matrix=()))
 
     c.vae = medical_vae()
 
@@ -216,6 +221,7 @@ def default_config() -> ml_collections.ConfigDict:
             size_edges_volume=(),
             volume_threshold=-1.0,  # per-volume protocol: < 0 = best Dice on the val split
             baseline=True,  # also score an intensity-threshold detector (madad_jax.baseline)
+            use_ema=True,  # the denoiser's EMA weights, when the checkpoint has them (train.ema)
         )
     )
 

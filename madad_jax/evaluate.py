@@ -232,7 +232,8 @@ def write_panels(path: str, test: dict[str, Any], outputs: dict[str, np.ndarray]
 
 def run(config, workdir: str) -> dict[str, Any]:
     """Evaluate the checkpoint on the test split; returns what metrics.json holds."""
-    restored = analysis.restore(config.checkpoint or workdir)
+    restored = analysis.restore(config.checkpoint or workdir,
+                                ema=bool(config.evaluate.get("use_ema", True)))
     config = config.copy_and_resolve_references()
     checkpoint.apply_arch(config, restored.arch)
     models = analysis.build_models(config)
@@ -260,6 +261,7 @@ def run(config, workdir: str) -> dict[str, Any]:
         model=str(config.model.name),
         checkpoint=restored.directory,
         checkpoint_step=restored.step,
+        ema=restored.ema,
         seconds=round(seconds, 3),
     )
     rows_slices, rows_volumes = None, None

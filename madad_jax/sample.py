@@ -1,6 +1,7 @@
 """Mask-guided DDIM in latent space and the anomaly maps (METHOD.md, "Inference").
 
-One jitted function per batch: encode (posterior mean x latent_scale), S DDIM steps in a
+One jitted function per batch: encode (the posterior mean, normalized by
+`madad_jax.latents.LatentNorm`: x latent_scale, or whitened), S DDIM steps in a
 `lax.scan`, both decodes, the anomaly map and its Gaussian smoothing. At each step the
 denoiser's clean-probability is recomputed, and only positions with P(clean) below
 `sample.flag_threshold` (0.5, as in the reference) take the DDIM update; the others keep
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from madad_jax import diffusion
+from madad_jax.latents import LatentNorm
 from madad_jax.smoothing import gaussian_filter_2d
 
 MAP_SOURCES = ("image", "latent", "mask")
@@ -133,7 +135,7 @@ def make_infer_fn(vae, denoiser, config, trajectory: bool = False) -> Callable[.
     `params` is `{"vae": ..., "denoiser": ...}` (the checkpoint's layout), `images`
     (B,H,W,C) in [-1, 1], `key` drives the DDIM noise (unused when eta = 0). The result holds
     `anomaly_map` (B,H,W), `sample` (decode of the corrected latent), `reconstruction`
-    (decode of the input latent), `latent` (corrected, scaled), `encoded` (input, scaled),
+    (decode of the input latent), `latent` (corrected, normalized), `encoded` (input, normalized),
     `mean_anomalous` (B,h,w: 1 - P(clean) averaged over steps) and `flagged_frac` (B,).
     With `trajectory`, also `steps_z` (S+1,...): each step's input then the last output,
     `steps_x0_hat` (S,...), `steps_flagged` and `steps_p_clean` (S,B,h,w,1), `steps_t` (S,).
@@ -143,7 +145,7 @@ def make_infer_fn(vae, denoiser, config, trajectory: bool = False) -> Callable[.
         raise ValueError(f"unknown sample.map_source {scfg.map_source!r}; expected {MAP_SOURCES}")
     n = int(scfg.ddim_steps)
     tables = ddim_tables(config.diffusion.num_steps, n)
-    scale = float(config.latent_scale)
+    norm = LatentNorm.from_config(config)
     eta = float(scfg.eta)
     thr = float(scfg.get("flag_threshold", 0.5))
     apply_den = _denoiser_apply(denoiser)
@@ -156,7 +158,7 @@ def make_infer_fn(vae, denoiser, config, trajectory: bool = False) -> Callable[.
 
     @jax.jit
     def infer(params, images, key):
-        z_in = encode(params["vae"], images.astype(jnp.float32)) * scale
+        z_in = norm.to_model(encode(params["vae"], images.astype(jnp.float32)))
 
         def body(carry, xs):
             z, anomalous = carry
@@ -174,8 +176,8 @@ def make_infer_fn(vae, denoiser, config, trajectory: bool = False) -> Callable[.
         init = (z_in, jnp.zeros(z_in.shape[:3], jnp.float32))
         (z_out, anomalous), ys = jax.lax.scan(body, init, (steps, keys))
         mean_anomalous = anomalous / n
-        x_hat = decode(params["vae"], z_out / scale)
-        x_rec = decode(params["vae"], z_in / scale)
+        x_hat = decode(params["vae"], norm.from_model(z_out))
+        x_rec = decode(params["vae"], norm.from_model(z_in))
         amap = anomaly_map(scfg.map_source, scfg, x_hat, x_rec, z_out, z_in, mean_anomalous)
         flagged = ys[2] if trajectory else ys
         res = dict(

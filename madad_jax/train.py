@@ -29,8 +29,9 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from madad_jax import checkpoint as ckpt
-from madad_jax import diffusion
+from madad_jax import diffusion, latents
 from madad_jax import mesh as mesh_lib
+from madad_jax.latents import LatentNorm
 from madad_jax.models import build_denoiser, build_vae, sample_posterior
 
 State = dict[str, Any]
@@ -137,14 +138,14 @@ def init_state(config, vae_params: Any, tx: optax.GradientTransformation) -> Sta
 # --------------------------------------------------------------------------- train step
 
 
-def batch_latents(vae, vae_params, batch: Batch, key: jax.Array, scale: float) -> jax.Array:
-    """z0 = VAE posterior sample * latent_scale, from images or cached posterior moments."""
+def batch_latents(vae, vae_params, batch: Batch, key: jax.Array, norm: LatentNorm) -> jax.Array:
+    """z0 = the normalized VAE posterior sample, from images or cached posterior moments."""
     if LATENT_MEAN in batch:
         mean, logvar = batch[LATENT_MEAN], batch[LATENT_LOGVAR]
     else:
         mean, logvar = vae.apply({"params": vae_params}, batch["image"], method=vae.encode)
     z = sample_posterior(key, mean.astype(jnp.float32), logvar.astype(jnp.float32))
-    return jax.lax.stop_gradient(z * scale)
+    return jax.lax.stop_gradient(norm.to_model(z))
 
 
 def _mask2d(mask: jax.Array | None) -> jax.Array | None:
@@ -157,13 +158,13 @@ def make_train_step(config, tx: optax.GradientTransformation) -> Callable:
     vae = build_vae(config, dtype=config.model.dtype)
     apply_fn = denoiser_apply(build_denoiser(config))
     schedule = lr_schedule(config.train)
-    scale = float(config.latent_scale)
+    norm = LatentNorm.from_config(config)
     ema_decay = float(config.train.ema_decay)
 
     def train_step(state: State, batch: Batch) -> tuple[State, dict[str, jax.Array]]:
         step = state["step"]
         k_post, k_loss = jax.random.split(jax.random.fold_in(state["rng"], step))
-        z0 = batch_latents(vae, state["params"]["vae"], batch, k_post, scale)
+        z0 = batch_latents(vae, state["params"]["vae"], batch, k_post, norm)
         brainmask = _mask2d(batch.get("brainmask"))
 
         def loss(den):
@@ -190,11 +191,11 @@ def make_eval_step(config) -> Callable:
     """`eval_step(params, batch, key) -> metrics`: the loss without dropout (validation)."""
     vae = build_vae(config, dtype=config.model.dtype)
     apply_fn = denoiser_apply(build_denoiser(config))
-    scale = float(config.latent_scale)
+    norm = LatentNorm.from_config(config)
 
     def eval_step(params, batch, key):
         k_post, k_loss = jax.random.split(key)
-        z0 = batch_latents(vae, params["vae"], batch, k_post, scale)
+        z0 = batch_latents(vae, params["vae"], batch, k_post, norm)
         mask = _mask2d(batch.get("brainmask"))
         _, aux = diffusion.loss_fn(apply_fn, params["denoiser"], z0, mask, k_loss, config,
                                    train=False)
@@ -651,25 +652,34 @@ def cache_run_latents(config, workdir: str, vae_params: Any | None) -> None:
         raise ValueError(f"{out}: data.cache_latents is set but the resumed run has no cache")
     with config.unlocked():
         config.data.latent_cache = out
-        if config.get("latent_scale_from_data", False) and vae_params is not None:
-            config.latent_scale = latent_scale_from_cache(out)
+    from_data = _latent_norm_from_data(config)
+    if from_data and vae_params is not None:
+        stats = latents.stats_from_cache(out)
+        with config.unlocked():
+            if config.get("latent_scale_from_data", False):
+                config.latent_scale = 1.0 / stats["std"]
+            if config.get("latent_whiten_from_data", False):
+                config.latent_whitening.update(latents.zca(stats["mean"], stats["cov"]))
     if jax.process_index() == 0 and config.get("latent_scale_from_data", False):
         print(f"latent_scale={config.latent_scale:.5g} (1 / std of the cached posterior means)",
               file=sys.stderr)
+    if jax.process_index() == 0 and config.get("latent_whiten_from_data", False):
+        print(f"latent whitening from the cached in-brain posterior means: "
+              f"shift {np.round(config.latent_whitening.shift, 3).tolist()}", file=sys.stderr)
 
 
-def latent_scale_from_cache(directory: str) -> float:
-    """1 / std of every cached posterior mean: latents of unit variance for the diffusion."""
-    from madad_jax.data import records
+def adopt_derived_latent_norm(config, arch: dict[str, Any]) -> None:
+    """On resume: take the latent scale / whitening the first run derived from its cache."""
+    with config.unlocked():
+        if config.get("latent_scale_from_data", False) and "latent_scale" in arch:
+            config.latent_scale = float(arch["latent_scale"])
+        if config.get("latent_whiten_from_data", False) and "latent_whitening" in arch:
+            config.latent_whitening.update(ckpt._tuplify(arch["latent_whitening"]))
 
-    shards, _ = records.resolve_shards(directory, "train")
-    total, total_sq, n = 0.0, 0.0, 0
-    for path in shards:
-        for r in records.read_shard(path):
-            m = np.asarray(r["latent_mean"], np.float64)
-            total, total_sq, n = total + m.sum(), total_sq + (m * m).sum(), n + m.size
-    var = total_sq / n - (total / n) ** 2
-    return float(1.0 / math.sqrt(max(var, 1e-12)))
+
+def _latent_norm_from_data(config) -> bool:
+    return bool(config.get("latent_scale_from_data", False)
+                or config.get("latent_whiten_from_data", False))
 
 
 def apply_epochs(config, workdir: str) -> None:
@@ -700,14 +710,16 @@ def run(config, workdir: str) -> State:
     if config.get("checkpoint", "") and jax.process_index() == 0:
         print(f"note: training ignores checkpoint={config.checkpoint} (evaluation reads it); "
               "vae_train.checkpoint sets the autoencoder", file=sys.stderr)
+    if _latent_norm_from_data(config) and not config.data.get("cache_latents", False):
+        raise ValueError("latent_scale_from_data / latent_whiten_from_data derive the latent "
+                         "normalization from the latent cache: set data.cache_latents=True")
     apply_epochs(config, workdir)
     resuming = ckpt.latest_step(os.path.join(workdir, "checkpoints")) is not None
     if resuming:
         arch = ckpt.load_arch(os.path.join(workdir, "checkpoints"))
         with config.unlocked():
             config.vae.update(ckpt._tuplify(arch["vae"]))
-            if config.get("latent_scale_from_data", False) and "latent_scale" in arch:
-                config.latent_scale = float(arch["latent_scale"])  # what the first run set
+        adopt_derived_latent_norm(config, arch)
     vae_params = None if resuming else resolve_vae(config, workdir)
     if config.data.get("cache_latents", False):
         cache_run_latents(config, workdir, vae_params)

@@ -52,3 +52,27 @@ def write_set(folder: Path, n: int, seed: int = 0, lesions: bool = True) -> list
     for i, name in enumerate(names):
         write_subject(folder, name, rng, lesion=(1 + i % 3) if lesions else 0)
     return names
+
+
+def tiny_vae_slices(root: Path, size: int = 16):
+    """Two random healthy subjects converted to `root/slices`, and a random f2 VAE.
+
+    Returns (config, encode): `encode` maps images to posterior moments (batches of 8).
+    """
+    import jax
+
+    from madad_jax.config import default_config
+    from madad_jax.data import convert
+    from madad_jax.data.latent_cache import vae_encoder
+    from madad_jax.models import build_vae
+
+    write_set(root / "in", 2, seed=0, lesions=False)
+    convert.convert_nifti(root / "in", root / "slices", modality="T2", image_size=size,
+                          split="train", policies="all", progress=False)
+    c = default_config()
+    c.image_size = size
+    c.vae.update(ch=32, ch_mult=(1, 2), num_res_blocks=1, resolution=size)
+    vae = build_vae(c)
+    x = np.zeros((1, size, size, 1), np.float32)
+    params = jax.jit(lambda k: vae.init(k, x, method=vae.encode))(jax.random.key(0))["params"]
+    return c, vae_encoder(c, params, batch_size=8)

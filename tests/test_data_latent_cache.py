@@ -2,29 +2,17 @@
 
 import os
 
-import jax
 import numpy as np
-from data_helpers import write_set
+from data_helpers import tiny_vae_slices
 
-from madad_jax.config import default_config
-from madad_jax.data import convert, pipeline
-from madad_jax.data.latent_cache import build_latent_cache, vae_encoder
-from madad_jax.models import build_vae
+from madad_jax.data import pipeline
+from madad_jax.data.latent_cache import build_latent_cache
 
 SIZE = 16
 
 
 def test_latent_cache(tmp_path):
-    write_set(tmp_path / "in", 2, seed=0, lesions=False)
-    convert.convert_nifti(tmp_path / "in", tmp_path / "slices", modality="T2", image_size=SIZE,
-                          split="train", policies="all", progress=False)
-    c = default_config()
-    c.image_size = SIZE
-    c.vae.update(ch=32, ch_mult=(1, 2), num_res_blocks=1, resolution=SIZE)
-    vae = build_vae(c)
-    x = np.zeros((1, SIZE, SIZE, 1), np.float32)
-    params = jax.jit(lambda k: vae.init(k, x, method=vae.encode))(jax.random.key(0))["params"]
-    encode = vae_encoder(c, params, batch_size=8)
+    c, encode = tiny_vae_slices(tmp_path, SIZE)
 
     m = build_latent_cache(tmp_path / "slices", tmp_path / "cache", encode, encoder_id="v1",
                            progress=False)

@@ -56,7 +56,7 @@ def test_demo_command_end_to_end(tmp_path):
     assert _steps(workdir / "checkpoints") == [3]
     # data.cache_latents: the denoiser trained from moments encoded once by the new VAE.
     assert any((workdir / "latent_cache").glob("train*"))
-    assert "latent_scale=" in proc.stderr
+    assert "latent whitening from the cached in-brain posterior means" in proc.stderr
 
     out = workdir / "evaluate"
     res = json.loads((out / "metrics.json").read_text())
@@ -76,11 +76,12 @@ def test_demo_command_end_to_end(tmp_path):
     assert not list(out.glob(".*tmp*"))
     assert "evaluate: 3 slices" in proc.stdout
 
-    # Resuming for one more step keeps the latent scale the first run derived from its cache.
+    # Resuming for one more step keeps the whitening the first run derived from its cache.
     from madad_jax import checkpoint
 
-    scale = checkpoint.load_arch(str(workdir / "checkpoints"))["latent_scale"]
-    assert scale != 0.18215 and math.isfinite(scale)
+    white = checkpoint.load_arch(str(workdir / "checkpoints"))["latent_whitening"]
+    assert np.shape(white["matrix"]) == (4, 4) and np.isfinite(white["matrix"]).all()
+    assert np.abs(np.asarray(white["matrix"]) - np.eye(4)).max() > 1e-3
     proc = subprocess.run(
         [sys.executable, "-m", "madad_jax.main", "--config=configs/demo.py",
          f"--workdir={workdir}", *SMOKE, "--config.train.num_steps=4",
@@ -89,4 +90,4 @@ def test_demo_command_end_to_end(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _steps(workdir / "checkpoints")[-1] == 4
-    assert checkpoint.load_arch(str(workdir / "checkpoints"))["latent_scale"] == scale
+    assert checkpoint.load_arch(str(workdir / "checkpoints"))["latent_whitening"] == white

@@ -81,6 +81,20 @@ def test_ema_and_best_validation_checkpoints(tmp_path):
             "train/grad_norm", "train/slices_per_s", "train_val/loss"} <= tags, tags
     ckpts = tmp_path / "checkpoints"
     assert "ema" in checkpoint.step_items(checkpoint.train_manager(str(ckpts), 2), 4)
+    # Evaluation and analysis read the EMA weights when the checkpoint has them.
+    import orbax.checkpoint as ocp
+
+    from madad_jax import analysis
+
+    with checkpoint.manager(str(ckpts)) as mngr:
+        ema = mngr.restore(4, args=ocp.args.Composite(ema=ocp.args.StandardRestore()))["ema"]
+    r_ema, r_raw = analysis.restore(tmp_path), analysis.restore(tmp_path, ema=False)
+    assert r_ema.ema and not r_raw.ema
+    for a, e in zip(jax.tree.leaves(r_ema.params["denoiser"]), jax.tree.leaves(ema),
+                    strict=True):
+        np.testing.assert_array_equal(a, e)
+    assert any(not np.array_equal(e, raw) for e, raw in zip(
+        jax.tree.leaves(ema), jax.tree.leaves(r_raw.params["denoiser"]), strict=True))
     best = tmp_path / "best_checkpoint"
     params, arch = checkpoint.load_params(str(best))  # loadable like any params checkpoint
     assert set(params) == {"vae", "denoiser"} and arch["image_size"] == 32
