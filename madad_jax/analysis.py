@@ -106,6 +106,12 @@ def restore(path: str | os.PathLike, step: int | None = None, ema: bool = True) 
     return Restored(params, dict(out["arch"]), stored, directory, int(step), use_ema)
 
 
+def restore_for_run(config, workdir: str) -> Restored:
+    """The checkpoint a run reads: `config.checkpoint`, else the workdir's latest; the EMA
+    weights unless `evaluate.use_ema` is off."""
+    return restore(config.checkpoint or workdir, ema=bool(config.evaluate.get("use_ema", True)))
+
+
 def config_from_checkpoint(
     arch: dict[str, Any], stored: dict[str, Any] | None = None,
     base: ml_collections.ConfigDict | None = None,

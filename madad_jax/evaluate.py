@@ -232,8 +232,7 @@ def write_panels(path: str, test: dict[str, Any], outputs: dict[str, np.ndarray]
 
 def run(config, workdir: str) -> dict[str, Any]:
     """Evaluate the checkpoint on the test split; returns what metrics.json holds."""
-    restored = analysis.restore(config.checkpoint or workdir,
-                                ema=bool(config.evaluate.get("use_ema", True)))
+    restored = analysis.restore_for_run(config, workdir)
     config = config.copy_and_resolve_references()
     checkpoint.apply_arch(config, restored.arch)
     models = analysis.build_models(config)

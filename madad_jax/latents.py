@@ -27,9 +27,6 @@ import numpy as np
 
 from madad_jax import diffusion
 
-# Posterior means of positions whose brain coverage is at least this enter the whitening.
-BRAIN_COVERAGE = 0.9
-
 
 @dataclasses.dataclass(frozen=True)
 class LatentNorm:
@@ -60,15 +57,17 @@ class LatentNorm:
         return z @ jnp.asarray(inv.T, z.dtype) + jnp.asarray(self.shift, z.dtype)
 
 
-def _brain_cells(brainmask: np.ndarray, latent_hw: tuple[int, int]) -> np.ndarray:
-    """(B,h,w) bool: latent positions with brain coverage >= BRAIN_COVERAGE."""
-    out = diffusion.outside_brain(jnp.asarray(brainmask, jnp.float32), latent_hw, BRAIN_COVERAGE)
+def _brain_cells(brainmask: np.ndarray, latent_hw: tuple[int, int], threshold: float):
+    """(B,h,w) bool: latent positions that the diffusion treats as inside the brain."""
+    out = diffusion.outside_brain(jnp.asarray(brainmask, jnp.float32), latent_hw, threshold)
     return ~np.asarray(out)
 
 
-def stats_from_cache(directory: str, batch: int = 256) -> dict[str, Any]:
+def stats_from_cache(directory: str, brain_threshold: float = 0.9,
+                     batch: int = 256) -> dict[str, Any]:
     """One pass over a latent cache: the scalar std of every posterior mean, and the mean
-    and covariance of the means at in-brain positions.
+    and covariance of the means at in-brain positions (the positions the diffusion may
+    noise: brain coverage >= `brain_threshold`, as `diffusion.brain_threshold`).
 
     Returns dict(std, mean (C,), cov (C,C), n_brain).
     """
@@ -84,7 +83,7 @@ def stats_from_cache(directory: str, batch: int = 256) -> dict[str, Any]:
         if not means:
             return
         m = np.stack(means).astype(np.float64)
-        cells = m[_brain_cells(np.stack(masks), m.shape[1:3])]
+        cells = m[_brain_cells(np.stack(masks), m.shape[1:3], brain_threshold)]
         s1 = cells.sum(0) if s1 is None else s1 + cells.sum(0)
         s2 = cells.T @ cells if s2 is None else s2 + cells.T @ cells
         nb += len(cells)

@@ -245,8 +245,7 @@ def run(config, workdir: str) -> dict[str, str]:
     stem = scan_stem(p.input)
     subject = nifti.load_subject(stem, p.input, p.brainmask or None, p.segmentation or None)
 
-    restored = analysis.restore(config.checkpoint or workdir,
-                                ema=bool(config.evaluate.get("use_ema", True)))
+    restored = analysis.restore_for_run(config, workdir)
     run_config = copy.deepcopy(config)
     ckpt.apply_arch(run_config, restored.arch)
     opts = slice_options(run_config, training_settings(run_config, restored.config))

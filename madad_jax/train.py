@@ -654,7 +654,7 @@ def cache_run_latents(config, workdir: str, vae_params: Any | None) -> None:
         config.data.latent_cache = out
     from_data = _latent_norm_from_data(config)
     if from_data and vae_params is not None:
-        stats = latents.stats_from_cache(out)
+        stats = latents.stats_from_cache(out, float(config.diffusion.brain_threshold))
         with config.unlocked():
             if config.get("latent_scale_from_data", False):
                 config.latent_scale = 1.0 / stats["std"]

@@ -24,7 +24,7 @@ def test_stats_and_whitening_from_cache(tmp_path):
     c, cache = _cache(tmp_path)
     means = cache["latent_mean"].astype(np.float64)
     # Streamed in batches of 3 (several partial sums) == computed at once.
-    stats = latents.stats_from_cache(str(tmp_path / "cache"), batch=3)
+    stats = latents.stats_from_cache(str(tmp_path / "cache"), 0.9, batch=3)
     np.testing.assert_allclose(stats["std"], means.std(), rtol=1e-6)
     # In-brain positions: an 8x8 latent of 16x16 slices pools the mask over 4x4 windows
     # (twice the f2 factor) and keeps cells covered >= 90 %.
