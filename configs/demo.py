@@ -5,11 +5,11 @@
 Nothing is downloaded. The run generates the demo data set (`madad_jax.data.synthetic`):
 healthy training subjects and lesioned test subjects with ground truth. It trains a small
 KL autoencoder (f4: 64x64 slices -> 16x16x4 latents), encodes the training slices once into
-a latent cache, whitens the latents with the cache's statistics (`madad_jax.latents`), trains
+a latent cache, whitens the latents with the cache's statistics (`diffusion.latent_norm`), trains
 a small UNet denoiser from it, then evaluates on the test slices with the reference's
 protocol. About 10 minutes on a 2-core CPU. `DIR/evaluate/metrics.json` also holds
 `baseline`: the same protocol applied to a plain intensity-threshold detector
-(`madad_jax.baseline`) on the same test slices.
+(`madad_jax.evaluation.baseline`) on the same test slices.
 """
 
 import dataclasses

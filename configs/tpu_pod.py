@@ -14,7 +14,7 @@ its own 1/num_hosts of the ArrayRecord shards, and Orbax writes one checkpoint c
 Model: DiT-L/2 on the 32x32x4 latent (256 tokens), depth scanned and rematerialized.
 Parameters and AdamW moments are split over the `fsdp` axis (16 chips = one v5p-32
 slice's chips, so each chip holds 1/16 of them); the batch splits over every chip. With
-the latent cache (`data.latent_cache`, built by `madad_jax.data.latent_cache`) the VAE
+the latent cache (`data.latent_cache`, built by `madad_jax.training.latent_cache`) the VAE
 encoder is not run in the step. AdamW at 1e-4 without weight decay (the DiT paper's optimizer)
 for the 1024 batch, 200 epochs with 10 warm-up epochs as the reference; everything else
 (T = 10, patch masks, loss) is the reference's.

@@ -20,15 +20,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from madad_jax import analysis, figures  # noqa: E402
+from madad_jax import analysis  # noqa: E402
+from madad_jax.evaluation import figures  # noqa: E402
 
 
 def load_slices(args, config) -> dict:
     """images (N,H,W,1) in [-1, 1], segmentations or None, names."""
     size = int(config.image_size)
     if args.nifti:
-        from madad_jax import predict
         from madad_jax.data import nifti, preprocess
+        from madad_jax.evaluation import predict
 
         subject = nifti.load_subject("scan", args.nifti, args.brainmask, args.segmentation)
         rows = preprocess.subject_slices(subject, predict.slice_options(config))

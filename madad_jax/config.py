@@ -91,7 +91,7 @@ def default_config() -> ml_collections.ConfigDict:
     # 1 / std of the cached latents (latent diffusion's rule), saved with the checkpoint.
     c.latent_scale_from_data = False
     # With data.cache_latents: whiten the latents instead, z = (latent - shift) @ matrix.T,
-    # the ZCA of the cached in-brain posterior means (madad_jax.latents). Filled in by the
+    # the ZCA of the cached in-brain posterior means (diffusion.latent_norm). Filled in by the
     # run and saved with the checkpoint; empty: latents are multiplied by latent_scale.
     c.latent_whiten_from_data = False
     c.latent_whitening = ml_collections.ConfigDict(dict(shift=(), matrix=()))
@@ -220,7 +220,7 @@ def default_config() -> ml_collections.ConfigDict:
             # ... and in lesion voxels per stacked volume (the per-volume protocol).
             size_edges_volume=(),
             volume_threshold=-1.0,  # per-volume protocol: < 0 = best Dice on the val split
-            baseline=True,  # also score an intensity-threshold detector (madad_jax.baseline)
+            baseline=True,  # also score an intensity-threshold detector (evaluation.baseline)
             use_ema=True,  # the denoiser's EMA weights, when the checkpoint has them (train.ema)
         )
     )

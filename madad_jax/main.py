@@ -34,7 +34,7 @@ def bad_input_errors() -> tuple[type[BaseException], ...]:
                                          IsADirectoryError, PermissionError, ValueError]
     for module, name in (
         ("madad_jax.data.errors", "BadInputError"),
-        ("madad_jax.train", "TrainingDiverged"),
+        ("madad_jax.training.loop", "TrainingDiverged"),
     ):
         try:
             cls = getattr(importlib.import_module(module), name, None)
@@ -107,13 +107,13 @@ def run(config, workdir: str) -> None:
     if mode not in MODES:
         raise ValueError(f"config.mode must be one of {MODES}, not {mode!r}")
     if mode in ("train", "train_and_evaluate"):
-        importlib.import_module("madad_jax.train").run(config, workdir)
+        importlib.import_module("madad_jax.training.run").run(config, workdir)
     if mode in ("evaluate", "train_and_evaluate"):
-        importlib.import_module("madad_jax.evaluate").run(config, workdir)
+        importlib.import_module("madad_jax.evaluation.evaluate").run(config, workdir)
     if mode == "predict":
-        importlib.import_module("madad_jax.predict").run(config, workdir)
+        importlib.import_module("madad_jax.evaluation.predict").run(config, workdir)
     if mode == "train_vae":
-        importlib.import_module("madad_jax.train_vae").run(config, workdir)
+        importlib.import_module("madad_jax.training.autoencoder").run(config, workdir)
 
 
 def main(argv: list[str]) -> None:

@@ -63,8 +63,8 @@ def tiny_vae_slices(root: Path, size: int = 16):
 
     from madad_jax.config import default_config
     from madad_jax.data import convert
-    from madad_jax.data.latent_cache import vae_encoder
     from madad_jax.models import build_vae
+    from madad_jax.training.latent_cache import vae_encoder
 
     write_set(root / "in", 2, seed=0, lesions=False)
     convert.convert_nifti(root / "in", root / "slices", modality="T2", image_size=size,

@@ -44,13 +44,15 @@ def main() -> None:
     import numpy as np
     from train_helpers import make_slices, random_vae_params
 
-    from madad_jax import mesh, train
+    from madad_jax.core import mesh
+    from madad_jax.training import denoiser as denoiser_task
 
     assert jax.process_count() == args.num_processes
     assert jax.device_count() == args.num_processes * args.local_devices
     m = mesh.make_mesh(config)
-    vae_abstract = jax.eval_shape(lambda: train.init_vae_params(config, jax.random.PRNGKey(0)))
-    task = train.DenoiserTask(config, m, vae_abstract, random_vae_params(config))
+    vae_abstract = jax.eval_shape(
+        lambda: denoiser_task.init_vae_params(config, jax.random.PRNGKey(0)))
+    task = denoiser_task.DenoiserTask(config, m, vae_abstract, random_vae_params(config))
     state = task.init()
 
     global_batch = make_slices(int(config.train.batch_size), 32, seed=7)

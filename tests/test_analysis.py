@@ -6,10 +6,11 @@ import jax
 import numpy as np
 import pytest
 
-from madad_jax import analysis, import_reference
-from madad_jax import checkpoint as ckpt
+from madad_jax import analysis
 from madad_jax.config import default_config
+from madad_jax.core import checkpoint as ckpt
 from madad_jax.data.errors import BadInputError
+from madad_jax.interop import import_reference
 from madad_jax.models import AutoencoderKL, UNet
 
 

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from madad_jax import bench, flops
+from madad_jax.tools import bench, flops
 
 TRAIN_KEYS = {"figure", "model", "batch", "image_size", "latent_cache", "dtype", "donate",
               "step_s", "step_s_min", "step_s_max", "step_s_spread", "step_cpu_s",
@@ -115,7 +115,7 @@ def test_naive_attention_matches_dot_product_attention():
 @pytest.mark.parametrize("shape,block", [((2, 64, 2, 8), 16), ((1, 48, 3, 4), None),
                                          ((2, 30, 1, 8), 8)])
 def test_blocked_attention_matches_xla(shape, block):
-    from madad_jax.attention import blocked_attention
+    from madad_jax.models.attention import blocked_attention
 
     keys = jax.random.split(jax.random.PRNGKey(1), 4)
     q, k, v, w = (jax.random.normal(key, shape) for key in keys)
@@ -138,7 +138,7 @@ def test_blocked_attention_matches_xla(shape, block):
 
 
 def test_block_size_rule():
-    from madad_jax.attention import block_size
+    from madad_jax.models.attention import block_size
 
     assert block_size(8, 4, 1024) == 32  # the UNet's 32x32 attention at batch 8
     assert block_size(1, 4, 1024) == 256
@@ -152,7 +152,7 @@ def test_block_size_rule():
 @pytest.mark.parametrize("bwd_budget", [2 * 2 * 64 * 16, 2 * 2 * 64 * 32])
 def test_blocked_attention_backward_over_several_blocks(monkeypatch, bwd_budget):
     """The two-pass backward with several query and key blocks matches XLA's gradient."""
-    from madad_jax import attention
+    from madad_jax.models import attention
 
     monkeypatch.setattr(attention, "BWD_BLOCK_ELEMENTS", bwd_budget)
     assert attention.block_size(2, 2, 64, bwd_budget) in (16, 32)

@@ -6,7 +6,7 @@ import numpy as np
 from data_helpers import tiny_vae_slices
 
 from madad_jax.data import pipeline
-from madad_jax.data.latent_cache import build_latent_cache
+from madad_jax.training.latent_cache import build_latent_cache
 
 SIZE = 16
 

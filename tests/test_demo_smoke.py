@@ -77,7 +77,7 @@ def test_demo_command_end_to_end(tmp_path):
     assert "evaluate: 3 slices" in proc.stdout
 
     # Resuming for one more step keeps the whitening the first run derived from its cache.
-    from madad_jax import checkpoint
+    from madad_jax.core import checkpoint
 
     white = checkpoint.load_arch(str(workdir / "checkpoints"))["latent_whitening"]
     assert np.shape(white["matrix"]) == (4, 4) and np.isfinite(white["matrix"]).all()

@@ -7,6 +7,7 @@ import pytest
 
 from madad_jax import diffusion
 from madad_jax.config import default_config
+from madad_jax.diffusion import masks
 
 METHOD_ALPHAS_CUMPROD = [
     0.972093, 0.898706, 0.786911, 0.647478, 0.493844,
@@ -58,7 +59,7 @@ def _dcfg(**kw):
 def test_patch_mask_structure(ph, pw):
     h = w = 16
     frac = jnp.array([0.0, 0.13, 0.27, 0.4])
-    m = np.asarray(diffusion._patch_mask(jax.random.key(0), frac, h, w, ph, pw))
+    m = np.asarray(masks._patch_mask(jax.random.key(0), frac, h, w, ph, pw))
     assert m.shape == (4, h, w) and set(np.unique(m)) <= {0.0, 1.0}
     blocks = m.reshape(4, h // ph, ph, w // pw, pw)
     assert (blocks == blocks[:, :, :1, :, :1]).all()  # constant inside every patch

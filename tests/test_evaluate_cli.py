@@ -76,7 +76,7 @@ def test_evaluate_run_volume_protocol_unseen_steps(case_dir, imported, tmp_path)
     # divides neither the slices nor the devices, and the per-volume protocol.
     import importlib.util
 
-    from madad_jax import evaluate
+    from madad_jax.evaluation import evaluate
 
     spec = importlib.util.spec_from_file_location("reference_config", REPO / "configs/reference.py")
     module = importlib.util.module_from_spec(spec)

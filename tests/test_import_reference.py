@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from madad_jax import checkpoint, import_reference, torch_pickle
 from madad_jax.config import default_config
+from madad_jax.core import checkpoint
+from madad_jax.interop import import_reference, torch_pickle
 from madad_jax.models import build_denoiser, build_vae
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -5,10 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 from data_helpers import tiny_vae_slices
 
-from madad_jax import checkpoint, latents, train
 from madad_jax.config import default_config
+from madad_jax.core import checkpoint
 from madad_jax.data import pipeline
-from madad_jax.data.latent_cache import build_latent_cache
+from madad_jax.diffusion import latent_norm as latents
+from madad_jax.training import denoiser as denoiser_task
+from madad_jax.training import run as train_run
+from madad_jax.training.latent_cache import build_latent_cache
 
 SIZE = 16
 
@@ -67,7 +70,7 @@ def test_scale_is_the_default_and_train_latents_use_the_norm():
     norm = latents.LatentNorm.from_config(c)
     mean = jnp.arange(16.0).reshape(1, 2, 2, 4)
     batch = {"latent_mean": mean, "latent_logvar": jnp.full_like(mean, -60.0)}
-    z0 = train.batch_latents(None, None, batch, jax.random.key(0), norm)
+    z0 = denoiser_task.batch_latents(None, None, batch, jax.random.key(0), norm)
     np.testing.assert_allclose(z0, 2.0 * (mean - jnp.array([1.0, 2.0, 3.0, 4.0])), atol=1e-5)
 
 
@@ -75,11 +78,11 @@ def test_resume_adopts_only_the_derived_normalization():
     white = dict(shift=[0.5] * 4, matrix=[[3.0 * (i == j) for j in range(4)] for i in range(4)])
     arch = {"latent_scale": 0.7, "latent_whitening": white}
     c = default_config()
-    train.adopt_derived_latent_norm(c, arch)  # neither derived from data: the config stands
+    train_run.adopt_derived_latent_norm(c, arch)  # neither derived from data: the config stands
     assert c.latent_scale == 0.18215 and latents.LatentNorm.from_config(c).matrix is None
     c.latent_scale_from_data = True
-    train.adopt_derived_latent_norm(c, arch)
+    train_run.adopt_derived_latent_norm(c, arch)
     assert c.latent_scale == 0.7 and latents.LatentNorm.from_config(c).matrix is None
     c.latent_whiten_from_data = True
-    train.adopt_derived_latent_norm(c, arch)
+    train_run.adopt_derived_latent_norm(c, arch)
     np.testing.assert_array_equal(latents.LatentNorm.from_config(c).matrix, 3.0 * np.eye(4))

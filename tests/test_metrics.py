@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from madad_jax import metrics
+from madad_jax.evaluation import metrics
 
 
 def _reference_loop_dice(maps, segs):

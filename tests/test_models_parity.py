@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from madad_jax import checkpoint
 from madad_jax.config import default_config
-from madad_jax.import_reference import arch_from_reference, convert_unet, convert_vae
+from madad_jax.core import checkpoint
+from madad_jax.interop.import_reference import arch_from_reference, convert_unet, convert_vae
 from madad_jax.models import AutoencoderKL, build_denoiser, build_vae, sample_posterior
 from madad_jax.models.layers import (
     attention_impl,

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from madad_jax import figures, import_reference, predict
 from madad_jax.config import default_config
 from madad_jax.data import nifti
 from madad_jax.data.errors import BadInputError
+from madad_jax.evaluation import figures, predict
+from madad_jax.interop import import_reference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (40, 48, 36)

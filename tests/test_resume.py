@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from train_helpers import make_slices, save_vae, tiny_config, write_shards
 
-from madad_jax import checkpoint
+from madad_jax.core import checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 8

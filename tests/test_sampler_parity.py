@@ -11,9 +11,13 @@ import jax
 import numpy as np
 import pytest
 
-from madad_jax import checkpoint, import_reference, metrics, sample
 from madad_jax.config import default_config
+from madad_jax.core import checkpoint
+from madad_jax.diffusion import sampler
+from madad_jax.evaluation import metrics
+from madad_jax.interop import import_reference
 from madad_jax.models import build_denoiser, build_vae
+from madad_jax.sampling import anomaly
 
 STEPS = (10, 5, 2)
 
@@ -52,10 +56,10 @@ def test_one_sampler_step(ref, steps):
     z = nhwc(pipe[f"steps_ddim{steps}_z"])
     flags = pipe[f"steps_ddim{steps}_flagged"][:, :, 0]
     np.testing.assert_array_equal(
-        np.asarray(sample.ddim_tables(10, steps)["timestep_map"])[::-1],
+        np.asarray(sampler.ddim_tables(10, steps)["timestep_map"])[::-1],
         pipe[f"steps_ddim{steps}_t"],
     )
-    step = sample.make_step_fn(build_denoiser(cfg), cfg)
+    step = sampler.make_step_fn(build_denoiser(cfg), cfg)
     agree, total = 0, 0
     for k, i in enumerate(range(steps - 1, -1, -1)):
         out = step(ref["params"]["denoiser"], z[k], i, jax.random.key(0))
@@ -74,7 +78,7 @@ def test_one_sampler_step(ref, steps):
 def test_whole_pipeline_eta0(ref, steps):
     cfg = _cfg(ref, steps)
     pipe = ref["pipe"]
-    infer = sample.make_infer_fn(build_vae(cfg), build_denoiser(cfg), cfg)
+    infer = anomaly.make_infer_fn(build_vae(cfg), build_denoiser(cfg), cfg)
     out = jax.tree.map(np.asarray, infer(ref["params"], nhwc(pipe["image"]), jax.random.key(0)))
     np.testing.assert_allclose(out["encoded"], nhwc(pipe["encoded_latent"]), atol=1e-4)
     np.testing.assert_allclose(out["reconstruction"], nhwc(pipe["reconstruction"]), atol=1e-4)
@@ -92,7 +96,7 @@ def test_trajectory_eta_and_map_sources(ref):
     steps = 2
     x = nhwc(ref["pipe"]["image"])[:4]
     cfg = _cfg(ref, steps, eta=0.5)
-    infer = sample.make_infer_fn(build_vae(cfg), build_denoiser(cfg), cfg, trajectory=True)
+    infer = anomaly.make_infer_fn(build_vae(cfg), build_denoiser(cfg), cfg, trajectory=True)
     a = jax.tree.map(np.asarray, infer(ref["params"], x, jax.random.key(1)))
     b = jax.tree.map(np.asarray, infer(ref["params"], x, jax.random.key(1)))
     c = jax.tree.map(np.asarray, infer(ref["params"], x, jax.random.key(2)))
@@ -112,20 +116,20 @@ def test_trajectory_eta_and_map_sources(ref):
     )
     # the three map sources on this batch
     args = [a[k] for k in ("sample", "reconstruction", "latent", "encoded", "mean_anomalous")]
-    image = np.asarray(sample.anomaly_map("image", cfg.sample, *args))
+    image = np.asarray(anomaly.anomaly_map("image", cfg.sample, *args))
     np.testing.assert_array_equal(image, a["anomaly_map"])
     for source in ("latent", "mask"):
-        amap = np.asarray(sample.anomaly_map(source, cfg.sample, *args))
+        amap = np.asarray(anomaly.anomaly_map(source, cfg.sample, *args))
         assert amap.shape == (4, 64, 64)
         assert 0.0 <= amap.min() and amap.max() <= 1.0 + 1e-6 and amap.std() > 0
     # "mask" without smoothing is the bilinear upsampling of the per-step average
     flat = cfg.sample.copy_and_resolve_references()
     flat.sigma = 0.0
-    up = np.asarray(sample.anomaly_map("mask", flat, *args))
+    up = np.asarray(anomaly.anomaly_map("mask", flat, *args))
     want = _bilinear(_bilinear(a["mean_anomalous"], 64, axis=1), 64, axis=2)
     np.testing.assert_allclose(up, want, atol=1e-5)
     with pytest.raises(ValueError):
-        sample.make_infer_fn(build_vae(cfg), build_denoiser(cfg), _cfg(ref, steps, source="nope"))
+        anomaly.make_infer_fn(build_vae(cfg), build_denoiser(cfg), _cfg(ref, steps, source="nope"))
 
 
 def _bilinear(a, size, axis):
@@ -146,7 +150,7 @@ def test_flag_threshold(ref):
     for thr in (0.0, 0.7, 1.01):
         cfg = _cfg(ref, 2)
         cfg.sample.flag_threshold = thr
-        infer = sample.make_infer_fn(build_vae(cfg), build_denoiser(cfg), cfg, trajectory=True)
+        infer = anomaly.make_infer_fn(build_vae(cfg), build_denoiser(cfg), cfg, trajectory=True)
         out[thr] = jax.tree.map(np.asarray, infer(ref["params"], x, jax.random.key(0)))
     none, mid, every = out[0.0], out[0.7], out[1.01]
     np.testing.assert_array_equal(none["latent"], none["encoded"])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from madad_jax.smoothing import gaussian_filter_2d
+from madad_jax.sampling.smoothing import gaussian_filter_2d
 
 
 @pytest.mark.parametrize(

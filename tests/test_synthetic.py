@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from madad_jax import baseline
 from madad_jax.data import synthetic as syn
+from madad_jax.evaluation import baseline
 
 # 3.25 mm voxels: the demo's 64x64 slices, and one cached template for every test here.
 GRID = syn.Grid(size=64)

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from train_helpers import ArrayBatches, make_slices, random_vae_params, tiny_config
 
-from madad_jax import checkpoint, mesh, train
+from madad_jax.core import checkpoint, mesh
+from madad_jax.training import denoiser as denoiser_task
+from madad_jax.training import loop, optimizer
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -26,20 +28,21 @@ def compilation_cache(tmp_path_factory):
 
 def _task(config, devices=None):
     m = mesh.make_mesh(config, devices)
-    vae_abstract = jax.eval_shape(lambda: train.init_vae_params(config, jax.random.PRNGKey(0)))
-    return train.DenoiserTask(config, m, vae_abstract, random_vae_params(config))
+    vae_abstract = jax.eval_shape(
+        lambda: denoiser_task.init_vae_params(config, jax.random.PRNGKey(0)))
+    return denoiser_task.DenoiserTask(config, m, vae_abstract, random_vae_params(config))
 
 
 def test_lr_schedule_warmup_then_cosine():
     c = tiny_config()
     c.train.update(dict(lr=1e-3, num_steps=110, warmup_steps=10, schedule="cosine"))
-    s = train.lr_schedule(c.train)
+    s = optimizer.lr_schedule(c.train)
     assert float(s(0)) == pytest.approx(1e-4)
     assert float(s(9)) == pytest.approx(1e-3)
     assert float(s(60)) == pytest.approx(0.5e-3, rel=1e-5)  # half-way through the decay
     assert float(s(110)) == pytest.approx(0.0, abs=1e-12)
     c.train.schedule = "constant"
-    assert float(train.lr_schedule(c.train)(100)) == pytest.approx(1e-3)
+    assert float(optimizer.lr_schedule(c.train)(100)) == pytest.approx(1e-3)
 
 
 def test_mesh_shape_and_fsdp_rule():
@@ -122,8 +125,8 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     c.train.update(dict(num_steps=6, checkpoint_every_steps=2, log_every_steps=4))
     data = make_slices(16, 32)
     vae = random_vae_params(c)
-    with pytest.raises(train.TrainingDiverged, match="step 5.*last good checkpoint is step 4"):
-        train.train_loop(c, str(tmp_path), NaNAt(data, 8, bad=4), vae)
+    with pytest.raises(loop.TrainingDiverged, match="step 5.*last good checkpoint is step 4"):
+        denoiser_task.train_loop(c, str(tmp_path), NaNAt(data, 8, bad=4), vae)
     ckpt_dir = tmp_path / "checkpoints"
     assert checkpoint.latest_step(str(ckpt_dir)) == 4
     params, _ = checkpoint.load_params(str(ckpt_dir))

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from train_helpers import ArrayBatches, make_slices, random_vae_params, tiny_config, write_shards
 
-from madad_jax import checkpoint, mesh, train
+from madad_jax.core import checkpoint, mesh
+from madad_jax.training import denoiser as denoiser_task
+from madad_jax.training import run as train_run
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -40,8 +42,9 @@ def _scalar_tags(tb_dir) -> set[str]:
 
 
 def _task(config):
-    vae_abstract = jax.eval_shape(lambda: train.init_vae_params(config, jax.random.PRNGKey(0)))
-    return train.DenoiserTask(config, mesh.make_mesh(config), vae_abstract,
+    vae_abstract = jax.eval_shape(
+        lambda: denoiser_task.init_vae_params(config, jax.random.PRNGKey(0)))
+    return denoiser_task.DenoiserTask(config, mesh.make_mesh(config), vae_abstract,
                               random_vae_params(config))
 
 
@@ -74,7 +77,7 @@ def test_ema_and_best_validation_checkpoints(tmp_path):
     c.train.update(dict(num_steps=4, checkpoint_every_steps=2, log_every_steps=2))
     data = make_slices(24, 32, seed=1)
     val = [{k: v[16 + 4 * i:16 + 4 * i + 8] for k, v in data.items()} for i in range(2)]
-    train.train_loop(c, str(tmp_path), ArrayBatches(data, 8), random_vae_params(c), val)
+    denoiser_task.train_loop(c, str(tmp_path), ArrayBatches(data, 8), random_vae_params(c), val)
 
     tags = _scalar_tags(tmp_path / "tb")
     assert {"train/loss", "train/mse", "train/mask_loss", "train/mask_acc", "train/lr",
@@ -101,11 +104,11 @@ def test_ema_and_best_validation_checkpoints(tmp_path):
     assert checkpoint.latest_step(str(best)) in (2, 4)
     # EMA can be turned off on resume; turning it back on without EMA weights is an error.
     c.train.update(dict(ema=False, num_steps=6))
-    train.train_loop(c, str(tmp_path), ArrayBatches(data, 8), None)
+    denoiser_task.train_loop(c, str(tmp_path), ArrayBatches(data, 8), None)
     assert "ema" not in checkpoint.step_items(checkpoint.train_manager(str(ckpts), 2), 6)
     c.train.update(dict(ema=True, num_steps=8))
     with pytest.raises(ValueError, match=r"lacks \['ema'\]"):
-        train.train_loop(c, str(tmp_path), ArrayBatches(data, 8), None)
+        denoiser_task.train_loop(c, str(tmp_path), ArrayBatches(data, 8), None)
 
 
 def test_bfloat16_compute_keeps_float32_state():
@@ -126,5 +129,5 @@ def test_num_epochs_sets_the_step_counts(tmp_path):
     c = tiny_config()
     c.data.train_path = write_shards(make_slices(20, 32), str(tmp_path / "t.array_record"))
     c.train.update(dict(batch_size=8, num_epochs=3.0, warmup_epochs=0.5))
-    train.apply_epochs(c, str(tmp_path))
+    train_run.apply_epochs(c, str(tmp_path))
     assert (c.train.num_steps, c.train.warmup_steps) == (9, 2)  # ceil(20/8) = 3 per epoch

@@ -5,8 +5,8 @@ import csv
 import numpy as np
 import pytest
 
-from madad_jax import metrics
-from madad_jax import volume_metrics as vm
+from madad_jax.evaluation import metrics
+from madad_jax.evaluation import volume_metrics as vm
 
 
 def _ball(shape, centre, radius):

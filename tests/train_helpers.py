@@ -73,9 +73,9 @@ def random_vae_params(config, seed: int = 1):
     """
     import jax
 
-    from madad_jax import train
+    from madad_jax.training import denoiser as denoiser_task
 
-    shapes = jax.eval_shape(lambda: train.init_vae_params(config, jax.random.PRNGKey(0)))
+    shapes = jax.eval_shape(lambda: denoiser_task.init_vae_params(config, jax.random.PRNGKey(0)))
     rng = np.random.default_rng(seed)
 
     def one(path, leaf):
@@ -92,7 +92,7 @@ def random_vae_params(config, seed: int = 1):
 
 def save_vae(config, directory: str, seed: int = 1) -> str:
     """A random VAE saved as a params+arch checkpoint (what `vae_train.checkpoint` reads)."""
-    from madad_jax import checkpoint
+    from madad_jax.core import checkpoint
 
     params = random_vae_params(config, seed)
     checkpoint.save_params(directory, {"vae": params}, checkpoint.arch_from_config(config))

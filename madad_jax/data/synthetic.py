@@ -19,7 +19,7 @@ relative to the local tissue: hypo-intense lesions fall in the range of CSF and 
 matter, hyper-intense ones (placed in darker tissue) in the range of white matter, iso-intense
 ones only change texture. Lesions push the tissue around them outward (mass effect). Because
 their intensities overlap those of normal tissue, a plain intensity threshold cannot isolate
-them (see `madad_jax.baseline`); a model of normal anatomy can, since they have the wrong
+them (see `madad_jax.evaluation.baseline`); a model of normal anatomy can, since they have the wrong
 intensity or texture for their location.
 
 Every random draw of a subject comes from `numpy.random.SeedSequence([seed, split, index])`,

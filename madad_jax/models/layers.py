@@ -14,11 +14,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from madad_jax.attention import blocked_attention
+from madad_jax.models.attention import blocked_attention
 
 Dtype = Any
 
-# "blocked": madad_jax.attention.blocked_attention (what "auto" uses on CPU).
+# "blocked": madad_jax.models.attention.blocked_attention (what "auto" uses on CPU).
 ATTENTION_IMPLS = {"auto": None, "xla": "xla", "cudnn": "cudnn", "blocked": "blocked"}
 
 

@@ -1,7 +1,7 @@
 """The ADM UNet as MAD-AD uses it, with its extra patch-noise ("clean") head. NHWC.
 
 Submodule names follow the reference's state_dict: `input_blocks_4_0/in_layers_2` is
-`input_blocks.4.0.in_layers.2`, so `madad_jax.import_reference` maps weights by name.
+`input_blocks.4.0.in_layers.2`, so `madad_jax.interop.import_reference` maps weights by name.
 """
 
 from __future__ import annotations

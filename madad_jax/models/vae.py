@@ -1,7 +1,7 @@
 """The latent-diffusion KL autoencoder (`AutoencoderKL` with its `Encoder` / `Decoder`), NHWC.
 
 Submodule and parameter names follow the reference's state_dict (`down_0/block_1/norm1` for
-`down.0.block.1.norm1`), so that `madad_jax.import_reference` can map weights by name.
+`down.0.block.1.norm1`), so that `madad_jax.interop.import_reference` can map weights by name.
 """
 
 from __future__ import annotations

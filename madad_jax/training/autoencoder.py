@@ -10,8 +10,7 @@ last layer (clipped to [0, 1e4]). The PatchGAN discriminator trains with the hin
 The adversarial terms start at `vae_train.gan_start_step` and only when `gan_weight > 0`.
 
 Checkpoints go to `DIR/vae_checkpoints/` with the same layout as the denoiser's (`params`
-holds `{"vae": ...}`), and the run resumes from them exactly.
-"""
+holds `{"vae": ...}`), and the run resumes from them exactly."""
 
 from __future__ import annotations
 
@@ -19,38 +18,18 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 from etils import epath
 
-from madad_jax import checkpoint as ckpt
-from madad_jax import mesh as mesh_lib
+from madad_jax.core import checkpoint as ckpt
+from madad_jax.core import mesh as mesh_lib
 from madad_jax.models import build_vae, sample_posterior
-from madad_jax.models.layers import GroupNorm
-from madad_jax.train import Batch, State, check_batch_size, config_json, fit
+from madad_jax.models.discriminator import PatchDiscriminator
+from madad_jax.training.loop import Batch, State, check_batch_size, config_json, fit
 
 LAST_LAYER = ("decoder", "conv_out", "kernel")
-
-
-class PatchDiscriminator(nn.Module):
-    """pix2pix's N-layer PatchGAN (4x4 convs, LeakyReLU 0.2), GroupNorm instead of BatchNorm."""
-
-    ch: int = 64
-    n_layers: int = 3
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        def conv(h, feats, stride):
-            return nn.Conv(feats, (4, 4), strides=(stride, stride), padding=((1, 1), (1, 1)))(h)
-
-        h = nn.leaky_relu(conv(x, self.ch, 2), 0.2)
-        for i in range(1, self.n_layers + 1):
-            feats = self.ch * min(2**i, 8)
-            h = conv(h, feats, 2 if i < self.n_layers else 1)
-            h = nn.leaky_relu(GroupNorm(epsilon=1e-5)(h), 0.2)
-        return conv(h, 1, 1)
 
 
 def kl_divergence(mean: jax.Array, logvar: jax.Array) -> jax.Array:
@@ -211,7 +190,7 @@ def run(config, workdir: str) -> Any:
 
     A denoiser run then uses it with `--config.vae_train.checkpoint=DIR/vae_checkpoints`.
     """
-    from madad_jax.train import train_batches
+    from madad_jax.data.sources import train_batches
 
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     batches = train_batches(config, workdir, int(config.vae_train.batch_size), latents=False)

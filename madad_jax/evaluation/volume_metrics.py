@@ -259,7 +259,7 @@ def slice_size_breakdown(
     maps: np.ndarray, segmentations: np.ndarray, edges: Sequence[float] | None = None
 ) -> dict[str, Any]:
     """The reference's slice metrics (`metrics.slice_metrics`) within each lesion-size bin."""
-    from madad_jax.metrics import slice_metrics
+    from madad_jax.evaluation.metrics import slice_metrics
 
     maps = np.asarray(maps, np.float32)
     if maps.ndim == 4:

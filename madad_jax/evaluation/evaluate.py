@@ -2,7 +2,7 @@
 
 Writes, atomically, under `DIR/evaluate/`:
 - `metrics.json`: `max_dice`, `f1_max`, `auroc`, `ap` (the reference's slice protocol,
-  `madad_jax.metrics`), the settings they were computed with, a lesion-size breakdown,
+  `madad_jax.evaluation.metrics`), the settings they were computed with, a lesion-size breakdown,
   optionally the per-volume protocol (`volume`) and an intensity-threshold `baseline`;
 - `anomaly_maps.npz`: `anomaly_maps` float32 (N,H,W) and `names` str (N,), sorted by name;
 - `slices.csv` (and `volumes.csv` with the per-volume protocol): one row per unit;
@@ -29,9 +29,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from madad_jax import analysis, checkpoint, metrics, sample
+from madad_jax.core import checkpoint
+from madad_jax.evaluation import metrics
+from madad_jax.sampling import anomaly, inferencer, loading
 
-log = logging.getLogger("madad_jax.evaluate")
+log = logging.getLogger("madad_jax.evaluation.evaluate")
 
 RESULT_DIR = "evaluate"
 
@@ -100,16 +102,16 @@ def local_batch_sharding() -> tuple[NamedSharding, NamedSharding]:
     return NamedSharding(mesh, P("batch")), NamedSharding(mesh, P())
 
 
-def compute_maps(config, models: analysis.Models, params: Any, images: np.ndarray,
+def compute_maps(config, models: loading.Models, params: Any, images: np.ndarray,
                  progress: bool = True) -> np.ndarray:
     """(N,H,W) float32 anomaly maps with `config.sample`, batched over the local devices."""
     return compute_outputs(config, models, params, images, progress=progress)["anomaly_map"]
 
 
-def compute_outputs(config, models: analysis.Models, params: Any, images: np.ndarray,
+def compute_outputs(config, models: loading.Models, params: Any, images: np.ndarray,
                     keys: tuple[str, ...] = ("anomaly_map",),
                     progress: bool = True) -> dict[str, np.ndarray]:
-    """The sampler's outputs named by `keys` (see `sample.make_infer_fn`) for every image;
+    """The sampler's outputs named by `keys` (see `anomaly.make_infer_fn`) for every image;
     `anomaly_map` comes back as float32."""
     n_dev = jax.local_device_count()
     bs = int(config.evaluate.get("batch_size", 0) or config.sample.batch_size)
@@ -117,9 +119,9 @@ def compute_outputs(config, models: analysis.Models, params: Any, images: np.nda
     bs = n_dev * math.ceil(bs / n_dev)
     batch_sh, repl = local_batch_sharding()
     params = jax.device_put(params, repl)
-    infer = sample.make_infer_fn(models.vae, models.denoiser, config)
+    infer = anomaly.make_infer_fn(models.vae, models.denoiser, config)
     key = jax.random.key(int(config.sample.seed))
-    out = sample.run_batches(infer, params, images, bs, key, keys=tuple(keys),
+    out = inferencer.run_batches(infer, params, images, bs, key, keys=tuple(keys),
                              progress=progress, sharding=batch_sh)
     if "anomaly_map" in out:
         out["anomaly_map"] = out["anomaly_map"].astype(np.float32)
@@ -138,7 +140,7 @@ def slice_protocol(maps: np.ndarray, segmentations: np.ndarray) -> dict[str, Any
 
 
 def _volume_protocol(config, workdir, models, params, test, maps) -> tuple[dict, list]:
-    from madad_jax import volume_metrics as vm
+    from madad_jax.evaluation import volume_metrics as vm
 
     e = config.evaluate
     threshold = float(e.get("volume_threshold", -1.0))
@@ -214,7 +216,7 @@ def panel_indices(n: int, k: int) -> list[int]:
 def write_panels(path: str, test: dict[str, Any], outputs: dict[str, np.ndarray],
                  k: int) -> str | None:
     """PNG rows input | healthy counterpart | map | [ground truth] | mask head, for k slices."""
-    from madad_jax import figures
+    from madad_jax.evaluation import figures
 
     sel = panel_indices(len(test["names"]), k)
     if not sel:
@@ -232,10 +234,10 @@ def write_panels(path: str, test: dict[str, Any], outputs: dict[str, np.ndarray]
 
 def run(config, workdir: str) -> dict[str, Any]:
     """Evaluate the checkpoint on the test split; returns what metrics.json holds."""
-    restored = analysis.restore_for_run(config, workdir)
+    restored = loading.restore_for_run(config, workdir)
     config = config.copy_and_resolve_references()
     checkpoint.apply_arch(config, restored.arch)
-    models = analysis.build_models(config)
+    models = loading.build_models(config)
     protocols = tuple(config.evaluate.get("protocols", ("slice",)))
     unknown = set(protocols) - {"slice", "volume"}
     if unknown:
@@ -268,7 +270,7 @@ def run(config, workdir: str) -> dict[str, Any]:
         log.warning("the test split has no segmentations: writing maps without metrics")
         result.update(max_dice=None, f1_max=None, auroc=None, ap=None)
     else:
-        from madad_jax import volume_metrics as vm
+        from madad_jax.evaluation import volume_metrics as vm
 
         result.update(slice_protocol(maps, segs))
         edges = tuple(config.evaluate.get("size_edges_slice", ())) or None
@@ -279,7 +281,7 @@ def run(config, workdir: str) -> dict[str, Any]:
             result["volume"], rows_volumes = _volume_protocol(
                 config, workdir, models, restored.params, test, maps)
         if config.evaluate.get("baseline", True):
-            from madad_jax import baseline
+            from madad_jax.evaluation import baseline
 
             result["baseline"] = baseline.evaluate(images, test["brainmasks"], segs)
 
@@ -287,7 +289,7 @@ def run(config, workdir: str) -> dict[str, Any]:
         out_dir = os.path.join(workdir, RESULT_DIR)
         write_results(out_dir, result, maps, test["names"])
         if rows_slices is not None:
-            from madad_jax import volume_metrics as vm
+            from madad_jax.evaluation import volume_metrics as vm
 
             vm.write_csv(os.path.join(out_dir, "slices.csv"), rows_slices)
             if rows_volumes is not None:

@@ -13,7 +13,7 @@ smoothing restricted to the brain (normalized convolution, `sigma` in pixels):
 With `per_slice=True` the scores of each slice are rescaled to span [0, 1] over its brain, so
 that one threshold means the same fraction of every slice's range.
 
-`evaluate` scores every variant with the model's protocol (`madad_jax.metrics`: max Dice
+`evaluate` scores every variant with the model's protocol (`madad_jax.evaluation.metrics`: max Dice
 over 201 thresholds, F1-max, AUROC, AP) and reports the variant with the best max Dice.
 That choice is made on the test set, like max Dice's own threshold, so the reported baseline
 is, if anything, optimistic.
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from madad_jax import metrics
+from madad_jax.evaluation import metrics
 
 KINDS = ("bright", "dark", "deviation")
 

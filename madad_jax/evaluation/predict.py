@@ -39,12 +39,13 @@ import jax
 import nibabel as nib
 import numpy as np
 
-from madad_jax import analysis, figures
-from madad_jax import checkpoint as ckpt
+from madad_jax.core import checkpoint as ckpt
 from madad_jax.data import nifti, preprocess
 from madad_jax.data.errors import BadInputError
+from madad_jax.evaluation import figures
+from madad_jax.sampling import inferencer, loading
 
-log = logging.getLogger("madad_jax.predict")
+log = logging.getLogger("madad_jax.evaluation.predict")
 
 MapsFn = Callable[[np.ndarray], dict[str, np.ndarray]]
 
@@ -245,15 +246,15 @@ def run(config, workdir: str) -> dict[str, str]:
     stem = scan_stem(p.input)
     subject = nifti.load_subject(stem, p.input, p.brainmask or None, p.segmentation or None)
 
-    restored = analysis.restore_for_run(config, workdir)
+    restored = loading.restore_for_run(config, workdir)
     run_config = copy.deepcopy(config)
     ckpt.apply_arch(run_config, restored.arch)
     opts = slice_options(run_config, training_settings(run_config, restored.config))
-    models = analysis.build_models(run_config)
+    models = loading.build_models(run_config)
     key = jax.random.PRNGKey(int(run_config.sample.seed))
 
     def maps_fn(images: np.ndarray) -> dict[str, np.ndarray]:
-        return analysis.anomaly_maps(run_config, models, restored.params, images, key,
+        return inferencer.anomaly_maps(run_config, models, restored.params, images, key,
                                      keys=("anomaly_map", "sample"),
                                      progress=sys.stderr.isatty())
 

@@ -1,7 +1,7 @@
 """Mask-guided DDIM in latent space and the anomaly maps (METHOD.md, "Inference").
 
 One jitted function per batch: encode (the posterior mean, normalized by
-`madad_jax.latents.LatentNorm`: x latent_scale, or whitened), S DDIM steps in a
+`madad_jax.diffusion.latent_norm.LatentNorm`: x latent_scale, or whitened), S DDIM steps in a
 `lax.scan`, both decodes, the anomaly map and its Gaussian smoothing. At each step the
 denoiser's clean-probability is recomputed, and only positions with P(clean) below
 `sample.flag_threshold` (0.5, as in the reference) take the DDIM update; the others keep
@@ -15,88 +15,20 @@ Map sources (`config.sample.map_source`):
   image size, then smoothed with the same Gaussian.
 - "mask": the predicted anomalous probability `1 - P(clean)`, averaged over the S steps,
   upsampled and smoothed the same way.
-None of the maps is multiplied by the brain mask: the reference does not do so either.
-"""
+None of the maps is multiplied by the brain mask: the reference does not do so either."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from madad_jax import diffusion
-from madad_jax.latents import LatentNorm
-from madad_jax.smoothing import gaussian_filter_2d
+from madad_jax.diffusion.latent_norm import LatentNorm
+from madad_jax.diffusion.sampler import _denoiser_apply, ddim_step, ddim_tables
+from madad_jax.sampling.smoothing import gaussian_filter_2d
 
 MAP_SOURCES = ("image", "latent", "mask")
-
-
-def ddim_tables(num_steps: int, ddim_steps: int) -> dict[str, jax.Array]:
-    """Per respaced step i the model's timestep and the DDIM coefficients, as float32.
-
-    The reference gathers each coefficient from float64 tables and casts it to float32.
-    """
-    s = diffusion.ddim_schedule(num_steps, ddim_steps)
-    out = {k: jnp.asarray(v, jnp.float32) for k, v in s.items() if k != "timestep_map"}
-    out["timestep_map"] = jnp.asarray(s["timestep_map"], jnp.int32)
-    return out
-
-
-def _denoiser_apply(denoiser) -> Callable[[Any, jax.Array, jax.Array], tuple]:
-    def apply(params, z, t):
-        return denoiser.apply({"params": params}, z, t, False)
-
-    return apply
-
-
-def ddim_step(
-    apply_fn: Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, jax.Array]],
-    params: Any,
-    z: jax.Array,
-    i: jax.Array,
-    key: jax.Array,
-    tables: dict[str, jax.Array],
-    eta: float,
-    flag_threshold: float = 0.5,
-) -> dict[str, jax.Array]:
-    """One mask-guided DDIM step from respaced step `i` to `i - 1`.
-
-    Returns the next latent `z`, the model's `x0_hat`, `p_clean` (B,h,w,1) and `flagged`
-    (P(clean) < `flag_threshold`, 0.5 in the reference: the positions this step changed).
-    """
-    b = z.shape[0]
-    t = jnp.broadcast_to(tables["timestep_map"][i], (b,))
-    x0_hat, logit = apply_fn(params, z, t)
-    x0_hat = x0_hat.astype(jnp.float32)
-    p_clean = jax.nn.sigmoid(logit.astype(jnp.float32))
-    ab, ab_prev = tables["alphas_cumprod"][i], tables["alphas_cumprod_prev"][i]
-    eps = (tables["sqrt_recip_alphas_cumprod"][i] * z - x0_hat) / tables[
-        "sqrt_recipm1_alphas_cumprod"
-    ][i]
-    sigma = eta * jnp.sqrt((1 - ab_prev) / (1 - ab)) * jnp.sqrt(1 - ab / ab_prev)
-    cand = x0_hat * jnp.sqrt(ab_prev) + jnp.sqrt(jnp.maximum(1 - ab_prev - sigma**2, 0.0)) * eps
-    if eta:
-        noise = jax.random.normal(key, z.shape, z.dtype)
-        cand = cand + jnp.where(i != 0, sigma, 0.0) * noise
-    flagged = p_clean < flag_threshold
-    return dict(z=jnp.where(flagged, cand, z), x0_hat=x0_hat, p_clean=p_clean, flagged=flagged)
-
-
-def make_step_fn(denoiser, config) -> Callable[..., dict[str, jax.Array]]:
-    """Jitted `step(denoiser_params, z, i, key) -> ddim_step(...)` for `config.sample`."""
-    tables = ddim_tables(config.diffusion.num_steps, config.sample.ddim_steps)
-    apply_fn = _denoiser_apply(denoiser)
-    eta = float(config.sample.eta)
-    thr = float(config.sample.get("flag_threshold", 0.5))
-
-    @jax.jit
-    def step(params, z, i, key):
-        return ddim_step(apply_fn, params, z, jnp.asarray(i), key, tables, eta, thr)
-
-    return step
 
 
 def _upsample(x: jax.Array, size: tuple[int, int]) -> jax.Array:
@@ -200,39 +132,3 @@ def make_infer_fn(vae, denoiser, config, trajectory: bool = False) -> Callable[.
         return res
 
     return infer
-
-
-def run_batches(
-    infer: Callable[..., dict],
-    params: Any,
-    images: np.ndarray,
-    batch_size: int,
-    key: jax.Array,
-    keys: tuple[str, ...] = ("anomaly_map",),
-    progress: bool = False,
-    sharding: Any = None,
-) -> dict[str, np.ndarray]:
-    """Run `infer` over `images` (N,H,W,C) in fixed-size batches; returns numpy arrays.
-
-    The last batch is padded (by repeating its last image) so that the function compiles once;
-    the padding is dropped. Each batch gets its own fold of `key`. With `sharding` (a
-    NamedSharding of the batch axis), inputs are placed with it.
-    """
-    n = len(images)
-    out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
-    starts = range(0, n, batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        starts = tqdm(starts, total=-(-n // batch_size), desc="evaluate", unit="batch")
-    for bi, s in enumerate(starts):
-        batch = np.asarray(images[s : s + batch_size], np.float32)
-        real = len(batch)
-        if real < batch_size:
-            pad = np.repeat(batch[-1:], batch_size - real, axis=0)
-            batch = np.concatenate([batch, pad], axis=0)
-        x = jax.device_put(batch, sharding) if sharding is not None else batch
-        res = infer(params, x, jax.random.fold_in(key, bi))
-        for k in keys:
-            out[k].append(np.asarray(res[k])[:real])
-    return {k: np.concatenate(v, axis=0) for k, v in out.items()}

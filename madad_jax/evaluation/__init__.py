@@ -1,0 +1,1 @@
+"""Evaluation: the slice and volume protocols, metrics, the baseline, figures and predict."""

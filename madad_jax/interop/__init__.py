@@ -1,0 +1,1 @@
+"""The reference's PyTorch checkpoints: import (without torch, without pickle code)."""

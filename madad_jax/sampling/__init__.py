@@ -1,0 +1,1 @@
+"""Sampling: a checkpoint's models run as one jitted mask-guided DDIM pass per batch."""

@@ -1,0 +1,1 @@
+"""Training: the generic resumable loop, the denoiser and autoencoder tasks, and `mode=train`."""

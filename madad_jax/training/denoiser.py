@@ -1,0 +1,229 @@
+"""Training the denoiser of MAD-AD on a device mesh, with exact resume.
+
+The training state is one pytree:
+
+    {"params": {"vae": frozen, "denoiser": trained}, "opt_state": ..., "ema": ... (optional),
+     "step": int32, "rng": base key}
+
+`train_step(state, batch) -> (state, metrics)` is pure and runs under `jax.jit` with the
+state donated. Step `s` draws all its randomness from `fold_in(rng, s)`, and the data
+iterator's position is checkpointed with the state, so a run resumed from any checkpoint
+repeats the uninterrupted run bit for bit (on CPU)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from madad_jax import diffusion
+from madad_jax.core import checkpoint as ckpt
+from madad_jax.core import mesh as mesh_lib
+from madad_jax.diffusion.latent_norm import LatentNorm
+from madad_jax.models import build_denoiser, build_vae, sample_posterior
+from madad_jax.training.loop import Batch, State, check_batch_size, config_json, fit
+from madad_jax.training.optimizer import lr_schedule, make_optimizer
+
+LATENT_MEAN, LATENT_LOGVAR = "latent_mean", "latent_logvar"
+
+
+def denoiser_apply(model) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """`apply_fn(params, z_t, t, train, rngs)` in the form `diffusion.loss_fn` expects."""
+
+    def apply_fn(params, z_t, t, train, rngs):
+        return model.apply({"params": params}, z_t, t, train, rngs=rngs)
+
+    return apply_fn
+
+
+def latent_shape(config) -> tuple[int, int, int]:
+    """(h, w, c) of a latent for `config.image_size`."""
+    vae = build_vae(config)
+    x = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, vae.in_channels),
+                             jnp.float32)
+    abstract = jax.eval_shape(lambda x: vae.init(jax.random.key(0), x, method=vae.encode), x)
+    mean, _ = jax.eval_shape(
+        lambda p, x: vae.apply(p, x, method=vae.encode), abstract, x
+    )
+    return tuple(mean.shape[1:])
+
+
+def init_vae_params(config, key: jax.Array) -> Any:
+    """Freshly initialized autoencoder parameters (encoder and decoder)."""
+    vae = build_vae(config)
+    x = jnp.zeros((1, config.image_size, config.image_size, vae.in_channels), jnp.float32)
+    return jax.jit(lambda k: vae.init(k, x)["params"])(key)
+
+
+def init_denoiser_params(config, key: jax.Array) -> Any:
+    model = build_denoiser(config)
+    h, w, c = latent_shape(config)
+    z = jnp.zeros((1, h, w, c), jnp.float32)
+    return model.init(key, z, jnp.zeros((1,), jnp.int32), False)["params"]
+
+
+def init_state(config, vae_params: Any, tx: optax.GradientTransformation) -> State:
+    """A fresh training state (pure: jit it with `out_shardings` to build it sharded)."""
+    key = jax.random.PRNGKey(int(config.train.seed))
+    den = init_denoiser_params(config, jax.random.fold_in(key, 1))
+    state = dict(
+        params={"vae": vae_params, "denoiser": den},
+        opt_state=tx.init(den),
+        step=jnp.zeros((), jnp.int32),
+        rng=key,
+    )
+    if config.train.ema:
+        state["ema"] = jax.tree.map(jnp.copy, den)
+    return state
+
+
+def batch_latents(vae, vae_params, batch: Batch, key: jax.Array, norm: LatentNorm) -> jax.Array:
+    """z0 = the normalized VAE posterior sample, from images or cached posterior moments."""
+    if LATENT_MEAN in batch:
+        mean, logvar = batch[LATENT_MEAN], batch[LATENT_LOGVAR]
+    else:
+        mean, logvar = vae.apply({"params": vae_params}, batch["image"], method=vae.encode)
+    z = sample_posterior(key, mean.astype(jnp.float32), logvar.astype(jnp.float32))
+    return jax.lax.stop_gradient(norm.to_model(z))
+
+
+def _mask2d(mask: jax.Array | None) -> jax.Array | None:
+    """(B,H,W,1) or (B,H,W) brain masks as (B,H,W)."""
+    return mask[..., 0] if mask is not None and mask.ndim == 4 else mask
+
+
+def make_train_step(config, tx: optax.GradientTransformation) -> Callable:
+    """The pure `train_step(state, batch) -> (state, metrics)`."""
+    vae = build_vae(config, dtype=config.model.dtype)
+    apply_fn = denoiser_apply(build_denoiser(config))
+    schedule = lr_schedule(config.train)
+    norm = LatentNorm.from_config(config)
+    ema_decay = float(config.train.ema_decay)
+
+    def train_step(state: State, batch: Batch) -> tuple[State, dict[str, jax.Array]]:
+        step = state["step"]
+        k_post, k_loss = jax.random.split(jax.random.fold_in(state["rng"], step))
+        z0 = batch_latents(vae, state["params"]["vae"], batch, k_post, norm)
+        brainmask = _mask2d(batch.get("brainmask"))
+
+        def loss(den):
+            return diffusion.loss_fn(apply_fn, den, z0, brainmask, k_loss, config, train=True)
+
+        den = state["params"]["denoiser"]
+        (_, aux), grads = jax.value_and_grad(loss, has_aux=True)(den)
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = tx.update(grads, state["opt_state"], den)
+        den = optax.apply_updates(den, updates)
+        new = dict(state, params=dict(state["params"], denoiser=den), opt_state=opt_state,
+                   step=step + 1)
+        if "ema" in state:
+            new["ema"] = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
+                                      state["ema"], den)
+        metrics = dict(aux, grad_norm=grad_norm, lr=schedule(step),
+                       finite=jnp.isfinite(aux["loss"]) & jnp.isfinite(grad_norm))
+        return new, metrics
+
+    return train_step
+
+
+def make_eval_step(config) -> Callable:
+    """`eval_step(params, batch, key) -> metrics`: the loss without dropout (validation)."""
+    vae = build_vae(config, dtype=config.model.dtype)
+    apply_fn = denoiser_apply(build_denoiser(config))
+    norm = LatentNorm.from_config(config)
+
+    def eval_step(params, batch, key):
+        k_post, k_loss = jax.random.split(key)
+        z0 = batch_latents(vae, params["vae"], batch, k_post, norm)
+        mask = _mask2d(batch.get("brainmask"))
+        _, aux = diffusion.loss_fn(apply_fn, params["denoiser"], z0, mask, k_loss, config,
+                                   train=False)
+        return aux
+
+    return eval_step
+
+
+class DenoiserTask:
+    """The jitted, sharded init / train / eval functions of the denoiser for one mesh."""
+
+    def __init__(self, config, mesh, vae_abstract: Any, vae_params: Any | None = None):
+        self.config, self.mesh = config, mesh
+        self.vae_params = vae_params
+        self.tx = make_optimizer(config.train)
+        abstract = jax.eval_shape(lambda v: init_state(config, v, self.tx), vae_abstract)
+        self.shardings = mesh_lib.state_shardings(abstract, mesh, config.mesh.param_sharding)
+        self.abstract = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            abstract, self.shardings)
+        self.batch_sharding = mesh_lib.batch_sharding(mesh)
+        repl = mesh_lib.replicated(mesh)
+        self._vae_sharding = self.shardings["params"]["vae"]
+        self._init = jax.jit(lambda v: init_state(config, v, self.tx),
+                             in_shardings=(self._vae_sharding,), out_shardings=self.shardings)
+        self.step = jax.jit(make_train_step(config, self.tx),
+                            in_shardings=(self.shardings, self.batch_sharding),
+                            out_shardings=(self.shardings, repl), donate_argnums=(0,))
+        self.eval = jax.jit(make_eval_step(config),
+                            in_shardings=(self.shardings["params"], self.batch_sharding, repl),
+                            out_shardings=repl)
+
+    def init(self, vae_params: Any | None = None) -> State:
+        """A fresh sharded state around the given (frozen) VAE parameters."""
+        vae_params = self.vae_params if vae_params is None else vae_params
+        if vae_params is None:
+            raise ValueError("no autoencoder to train the denoiser with: set "
+                             "vae_train.enabled, vae_train.checkpoint or checkpoint")
+        vae_params = jax.tree.map(
+            lambda x: x if isinstance(x, jax.Array) else np.asarray(x, np.float32), vae_params)
+        return self._init(jax.device_put(vae_params, self._vae_sharding))
+
+    def step_fn(self, step: int) -> Callable:
+        return self.step
+
+    def put_batch(self, local: Batch) -> Batch:
+        return mesh_lib.global_batch(local, self.batch_sharding)
+
+    def validate(self, state: State, batches: list[Batch]) -> dict[str, float]:
+        """Mean loss terms over fixed batches with fixed keys (comparable across steps)."""
+        key = jax.random.PRNGKey(int(self.config.train.seed) + 1_000_003)
+        rows = [self.eval(state["params"], self.put_batch(b), jax.random.fold_in(key, i))
+                for i, b in enumerate(batches)]
+        rows = jax.device_get(rows)
+        return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+    def best_params(self, state: State) -> Any:
+        return state["params"]
+
+
+def train_loop(
+    config,
+    workdir: str,
+    batches: Iterator[Batch],
+    vae_params: Any | None,
+    val_batches: list[Batch] | None = None,
+    mesh=None,
+) -> State:
+    """Train the denoiser to `train.num_steps`, resuming from `DIR/checkpoints/` if present.
+
+    `batches` yields this process's share of each global batch (numpy dicts) and has
+    `get_state()` / `set_state()` (a grain iterator). `vae_params` are used only when no
+    checkpoint exists yet (a resumed run takes the VAE stored in its checkpoint).
+    """
+    tcfg = config.train
+    mesh = mesh_lib.make_mesh(config) if mesh is None else mesh
+    check_batch_size(int(tcfg.batch_size), mesh)
+    vae_abstract = jax.eval_shape(lambda: init_vae_params(config, jax.random.PRNGKey(0)))
+    task = DenoiserTask(config, mesh, vae_abstract, vae_params)
+    return fit(
+        task, workdir, os.path.join(workdir, "checkpoints"), batches,
+        num_steps=int(tcfg.num_steps), batch_size=int(tcfg.batch_size),
+        log_every=int(tcfg.log_every_steps), checkpoint_every=int(tcfg.checkpoint_every_steps),
+        keep=int(tcfg.keep_checkpoints), arch=ckpt.arch_from_config(config),
+        config_json=config_json(config), name="train", val_batches=val_batches,
+        val_every=int(tcfg.get("val_every_steps", 0)),
+    )
