@@ -198,6 +198,9 @@ def default_config() -> ml_collections.ConfigDict:
             gan_start_step=5_000,
             log_every_steps=50,
             checkpoint_every_steps=1_000,
+            keep_checkpoints=3,
+            seed=0,  # the autoencoder's initialization and posterior draws (+17, as before)
+            val_every_steps=0,  # the autoencoder has no validation; kept for the loop's settings
         )
     )
 

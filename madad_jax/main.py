@@ -113,7 +113,7 @@ def run(config, workdir: str) -> None:
     if mode == "predict":
         importlib.import_module("madad_jax.evaluation.predict").run(config, workdir)
     if mode == "train_vae":
-        importlib.import_module("madad_jax.training.autoencoder").run(config, workdir)
+        importlib.import_module("madad_jax.training.run").run_autoencoder(config, workdir)
 
 
 def main(argv: list[str]) -> None:

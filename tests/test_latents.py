@@ -10,7 +10,7 @@ from madad_jax.core import checkpoint
 from madad_jax.data import pipeline
 from madad_jax.diffusion import latent_norm as latents
 from madad_jax.training import denoiser as denoiser_task
-from madad_jax.training import run as train_run
+from madad_jax.training import plan
 from madad_jax.training.latent_cache import build_latent_cache
 
 SIZE = 16
@@ -78,11 +78,14 @@ def test_resume_adopts_only_the_derived_normalization():
     white = dict(shift=[0.5] * 4, matrix=[[3.0 * (i == j) for j in range(4)] for i in range(4)])
     arch = {"latent_scale": 0.7, "latent_whitening": white}
     c = default_config()
-    train_run.adopt_derived_latent_norm(c, arch)  # neither derived from data: the config stands
-    assert c.latent_scale == 0.18215 and latents.LatentNorm.from_config(c).matrix is None
+    # neither derived from data: the config stands
+    assert plan.adopted_norm(c, arch) == {}
+    frozen = plan.resolved(c, plan.adopted_norm(c, arch))
+    assert frozen.latent_scale == 0.18215 and latents.LatentNorm.from_config(frozen).matrix is None
     c.latent_scale_from_data = True
-    train_run.adopt_derived_latent_norm(c, arch)
-    assert c.latent_scale == 0.7 and latents.LatentNorm.from_config(c).matrix is None
+    frozen = plan.resolved(c, plan.adopted_norm(c, arch))
+    assert frozen.latent_scale == 0.7 and latents.LatentNorm.from_config(frozen).matrix is None
     c.latent_whiten_from_data = True
-    train_run.adopt_derived_latent_norm(c, arch)
-    np.testing.assert_array_equal(latents.LatentNorm.from_config(c).matrix, 3.0 * np.eye(4))
+    frozen = plan.resolved(c, plan.adopted_norm(c, arch))
+    np.testing.assert_array_equal(latents.LatentNorm.from_config(frozen).matrix, 3.0 * np.eye(4))
+    assert c.latent_scale == 0.18215 and not len(c.latent_whitening.matrix)  # never edited

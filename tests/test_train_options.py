@@ -9,7 +9,7 @@ from train_helpers import ArrayBatches, make_slices, random_vae_params, tiny_con
 
 from madad_jax.core import checkpoint, mesh
 from madad_jax.training import denoiser as denoiser_task
-from madad_jax.training import run as train_run
+from madad_jax.training import plan
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -129,5 +129,6 @@ def test_num_epochs_sets_the_step_counts(tmp_path):
     c = tiny_config()
     c.data.train_path = write_shards(make_slices(20, 32), str(tmp_path / "t.array_record"))
     c.train.update(dict(batch_size=8, num_epochs=3.0, warmup_epochs=0.5))
-    train_run.apply_epochs(c, str(tmp_path))
-    assert (c.train.num_steps, c.train.warmup_steps) == (9, 2)  # ceil(20/8) = 3 per epoch
+    steps = plan.epoch_steps(c, c.data.train_path)
+    # ceil(20/8) = 3 steps per epoch
+    assert (steps["train.num_steps"], steps["train.warmup_steps"]) == (9, 2)

@@ -8,7 +8,7 @@ from train_helpers import ArrayBatches, make_slices, tiny_config
 
 from madad_jax.core import checkpoint, mesh
 from madad_jax.training import autoencoder as train_vae
-from madad_jax.training import run as train_run
+from madad_jax.training import plan
 
 
 def test_kl_and_hinge_values():
@@ -59,7 +59,8 @@ def test_vae_learns_checkpoints_and_resumes(tmp_path, capsys):
 
     ckpts = str(tmp_path / "vae_checkpoints")
     assert checkpoint.latest_step(ckpts) == 6
-    loaded = train_run.load_vae(c, ckpts)  # what vae_train.checkpoint reads
+    loaded, vae_arch = plan.load_vae(c, ckpts)  # what vae_train.checkpoint reads
+    assert (vae_arch["ch"], list(vae_arch["ch_mult"])) == (c.vae.ch, list(c.vae.ch_mult))
     for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params), strict=True):
         np.testing.assert_array_equal(a, np.asarray(b))
 

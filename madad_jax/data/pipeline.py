@@ -161,24 +161,36 @@ def train_dataset(
     """The training IterDataset that `config.data` / `config.train` describe.
 
     Reads `config.data.latent_cache` when set, else `config.data.train_path` (or
-    `val_path` for split="val"). Each process gets batch_size // process_count slices
-    per batch, from its own 1/process_count of the data.
+    `val_path` for split="val").
     """
-    pi, pc = _process(process_index, process_count)
     d = config.data
-    global_batch = int(config.train.batch_size)
-    if global_batch % pc:
-        raise ValueError(f"train.batch_size {global_batch} is not divisible by {pc} processes")
-    latents = bool(d.get("latent_cache", ""))
+    latents = bool(d.latent_cache)
     path = d.latent_cache if latents else (d.val_path if split == "val" else d.train_path)
     if not path:
         raise ValueError(f"config.data.{'val' if split == 'val' else 'train'}_path is empty")
+    return batches_of(path, d, int(config.train.batch_size), split=split, latents=latents,
+                      process_index=process_index, process_count=process_count)
+
+
+def batches_of(
+    path: str | os.PathLike, data_cfg: Any, global_batch: int, *, split: str = "train",
+    latents: bool = False, process_index: int | None = None, process_count: int | None = None,
+) -> grain.IterDataset:
+    """Training batches of the shard set (or latent cache) at `path`, as `data_cfg` says.
+
+    Each process gets global_batch // process_count slices per batch, from its own
+    1/process_count of the data.
+    """
+    pi, pc = _process(process_index, process_count)
+    if global_batch % pc:
+        raise ValueError(f"train.batch_size {global_batch} is not divisible by {pc} processes")
+    d = data_cfg
     return make_dataset(
         path, global_batch // pc, split=split,
-        seed=int(d.get("shuffle_seed", 0)) + 1000003 * pi,
-        augment=bool(d.get("augment", True)) and split == "train",
+        seed=int(d.shuffle_seed) + 1000003 * pi,
+        augment=bool(d.augment) and split == "train",
         augment_opts=augment_options(d), latents=latents,
-        num_workers=int(d.get("num_workers", 0)), process_index=pi, process_count=pc,
+        num_workers=int(d.num_workers), process_index=pi, process_count=pc,
     )
 
 
@@ -227,19 +239,6 @@ def load_eval_split(path: str | os.PathLike, split: str = "test") -> dict[str, A
         if all(k in r for r in rows):
             out[k] = np.stack([np.asarray(r[k], np.float32) for r in rows])
     return out
-
-
-def load_eval(config, split: str = "test") -> dict[str, Any]:
-    """The evaluation slices `config.data` names: the PNG layout or an ArrayRecord set."""
-    d = config.data
-    if d.get("kind", "arrayrecord") == "png" or (d.get("png_root", "") and not d.test_path):
-        from madad_jax.data.png import read_reference_split
-
-        return read_reference_split(d.png_root, d.get("split", split) or split, d.modality,
-                                    int(config.image_size),
-                                    bad_input=d.get("bad_input", "stop"))
-    path = d.val_path if split == "val" else d.test_path
-    return load_eval_split(path, split)
 
 
 def make_global_batch(batch: dict[str, Any], mesh, sharding=None) -> dict[str, Any]:

@@ -1,4 +1,7 @@
-"""Where a run's slices come from: the one place that maps `config.data.kind` to batches.
+"""Where a run's slices come from: the one place that maps `config.data.kind` to slices.
+
+Training reads batches of a shard set (`training_source`, `train_batches`); evaluation reads
+whole splits (`eval_slices`). Every mode goes through here.
 """
 
 from __future__ import annotations
@@ -7,18 +10,12 @@ import json
 import os
 from typing import Any
 
-import jax
 import numpy as np
 
+from madad_jax.core import hosts
+
 Batch = dict[str, Any]
-
-
-def _data_config(config, **train_overrides):
-    """A copy of `config` whose `train.*` keys are overridden (for the pipeline helpers)."""
-    cfg = config.copy_and_resolve_references()
-    with cfg.unlocked():
-        cfg.train.update(train_overrides)
-    return cfg
+KINDS = ("arrayrecord", "demo", "png")
 
 
 def demo_shards(config, workdir: str) -> str:
@@ -38,7 +35,7 @@ def demo_shards(config, workdir: str) -> str:
         if records.read_json(stamp_path) == stamp:
             return shard
     os.makedirs(out, exist_ok=True)
-    if jax.process_index() == 0:
+    if hosts.is_main():
         train = synthetic.from_config(config, splits=("train",))["train"]
         rows = (
             {"image": img[..., 0], "brainmask": (mask > 0).astype(np.uint8), "name": name}
@@ -47,7 +44,7 @@ def demo_shards(config, workdir: str) -> str:
         )
         records.write_shard(shard, rows)
         records.write_json_atomic(stamp_path, stamp)
-    _sync("demo_shards")
+    hosts.sync("demo_shards")
     return shard
 
 
@@ -56,19 +53,12 @@ def png_shards(config, workdir: str) -> str:
     from madad_jax.data import convert
 
     out = os.path.join(workdir, "data", "png")
-    if jax.process_index() == 0:
+    if hosts.is_main():
         convert.convert_png(config.data.png_root, out, modality=config.data.modality,
                             image_size=int(config.image_size), splits=("train",),
-                            bad_input=config.data.get("bad_input", "skip"), progress=False)
-    _sync("png_shards")
+                            bad_input=config.data.bad_input, progress=False)
+    hosts.sync("png_shards")
     return os.path.join(out, "train.manifest.json")
-
-
-def _sync(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
 
 
 def training_source(config, workdir: str) -> str:
@@ -88,23 +78,20 @@ def training_source(config, workdir: str) -> str:
     raise ValueError(f"config.data.kind must be arrayrecord | demo | png, not {kind!r}")
 
 
-def train_batches(config, workdir: str, batch_size: int, latents: bool = True):
-    """This process's share of each global training batch, from the grain pipeline."""
+def train_batches(config, path: str, batch_size: int, latents: bool = False):
+    """This process's share of each global training batch of `path` (a shard set, or a
+    latent cache of posterior moments when `latents`), as a checkpointable iterator."""
     from madad_jax.data import pipeline
 
-    cfg = _data_config(config, batch_size=int(batch_size))
-    # With a latent cache the pipeline reads posterior moments instead of images.
-    if not (latents and cfg.data.get("latent_cache", "")):
-        with cfg.unlocked():
-            cfg.data.latent_cache = ""
-            cfg.data.train_path = training_source(config, workdir)
-    return pipeline.train_iterator(cfg)
+    return iter(pipeline.batches_of(path, config.data, int(batch_size), latents=latents))
 
 
 def validation_batches(config) -> list[Batch] | None:
     """`train.val_batches` fixed batches of `data.val_path` (None without one)."""
-    if not config.data.get("val_path", "") or int(config.train.get("val_batches", 0)) <= 0:
+    if not config.data.val_path or int(config.train.val_batches) <= 0:
         return None
+    import jax
+
     from madad_jax.data import pipeline
 
     pc, pi = jax.process_count(), jax.process_index()
@@ -114,3 +101,36 @@ def validation_batches(config) -> list[Batch] | None:
     )
     it = iter(ds)
     return [next(it) for _ in range(int(config.train.val_batches))]
+
+
+def eval_slices(config, split: str) -> dict[str, Any] | None:
+    """Every slice of `split` for `config.data.kind` (png | arrayrecord | demo), or None
+    when the data set has no such split (only "test" is required)."""
+    d = config.data
+    kind = d.kind
+    if kind == "png":
+        from madad_jax.data.png import read_reference_split
+
+        if not d.png_root:
+            raise ValueError("config.data.png_root is required with data.kind=png")
+        name = (d.split or "test") if split == "test" else split
+        if split != "test" and not os.path.isdir(os.path.join(d.png_root, name)):
+            return None
+        return read_reference_split(d.png_root, name, d.modality, int(config.image_size),
+                                    bad_input=d.bad_input)
+    if kind == "demo":
+        from madad_jax.data import synthetic
+
+        if split != "test" and int(d.demo.get(f"n_{split}", 0)) <= 0:
+            return None
+        return synthetic.from_config(config, splits=(split,))[split]
+    if kind == "arrayrecord":
+        from madad_jax.data.pipeline import load_eval_split
+
+        path = d.test_path if split == "test" else d.get(f"{split}_path", "")
+        if not path:
+            if split == "test":
+                raise ValueError("config.data.test_path is required with data.kind=arrayrecord")
+            return None
+        return load_eval_split(path, split)
+    raise ValueError(f"config.data.kind must be one of {KINDS}, not {kind!r}")

@@ -21,13 +21,20 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from etils import epath
 
 from madad_jax.core import checkpoint as ckpt
 from madad_jax.core import mesh as mesh_lib
 from madad_jax.models import build_vae, sample_posterior
 from madad_jax.models.discriminator import PatchDiscriminator
-from madad_jax.training.loop import Batch, State, check_batch_size, config_json, fit
+from madad_jax.training.loop import (
+    Batch,
+    LoopSettings,
+    ShardedTask,
+    State,
+    config_json,
+    new_state,
+    train,
+)
 
 LAST_LAYER = ("decoder", "conv_out", "kernel")
 
@@ -60,17 +67,15 @@ def make_optimizers(vcfg) -> tuple[optax.GradientTransformation, optax.GradientT
 
 def init_state(config, tx, tx_d) -> State:
     vcfg = config.vae_train
-    key = jax.random.PRNGKey(int(config.train.seed) + 17)
+    key = jax.random.PRNGKey(int(vcfg.seed) + 17)
     vae = build_vae(config)
     x = jnp.zeros((1, config.image_size, config.image_size, vae.in_channels), jnp.float32)
     params = vae.init(jax.random.fold_in(key, 1), x)["params"]
-    state = dict(params={"vae": params}, opt_state=tx.init(params),
-                 step=jnp.zeros((), jnp.int32), rng=key)
+    extra = {}
     if use_gan(vcfg):
         disc = PatchDiscriminator().init(jax.random.fold_in(key, 2), x)["params"]
-        state["disc"] = disc
-        state["disc_opt_state"] = tx_d.init(disc)
-    return state
+        extra = dict(disc=disc, disc_opt_state=tx_d.init(disc))
+    return new_state({"vae": params}, tx, key, **extra)
 
 
 def make_step(config, tx, tx_d, adversarial: bool) -> Callable:
@@ -131,28 +136,16 @@ def make_step(config, tx, tx_d, adversarial: bool) -> Callable:
     return step_fn
 
 
-class VAETask:
-    """Sharded init and steps of the autoencoder (the `fit` protocol of `train.py`)."""
+class VAETask(ShardedTask):
+    """Sharded init and steps of the autoencoder (a `loop.Task`)."""
 
     def __init__(self, config, mesh):
-        self.config, vcfg = config, config.vae_train
+        vcfg = config.vae_train
         tx, tx_d = make_optimizers(vcfg)
-        abstract = jax.eval_shape(lambda: init_state(config, tx, tx_d))
-        self.shardings = mesh_lib.state_shardings(abstract, mesh, config.mesh.param_sharding)
-        self.abstract = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            abstract, self.shardings)
-        self.batch_sharding = mesh_lib.batch_sharding(mesh)
-        repl = mesh_lib.replicated(mesh)
+        super().__init__(mesh, lambda: init_state(config, tx, tx_d), config.mesh.param_sharding)
         self._init = jax.jit(lambda: init_state(config, tx, tx_d), out_shardings=self.shardings)
-
-        def jitted(adversarial):
-            return jax.jit(make_step(config, tx, tx_d, adversarial),
-                           in_shardings=(self.shardings, self.batch_sharding),
-                           out_shardings=(self.shardings, repl), donate_argnums=(0,))
-
-        self._plain = jitted(False)
-        self._adv = jitted(True) if use_gan(vcfg) else None
+        self._plain = self.jit_step(make_step(config, tx, tx_d, False))
+        self._adv = self.jit_step(make_step(config, tx, tx_d, True)) if use_gan(vcfg) else None
         self.gan_start = int(vcfg.gan_start_step)
 
     def init(self) -> State:
@@ -162,7 +155,7 @@ class VAETask:
         return self._adv if self._adv is not None and step >= self.gan_start else self._plain
 
     def put_batch(self, local: Batch) -> Batch:
-        return mesh_lib.global_batch({"image": local["image"]}, self.batch_sharding)
+        return super().put_batch({"image": local["image"]})
 
 
 def vae_checkpoint_dir(workdir: str) -> str:
@@ -171,27 +164,8 @@ def vae_checkpoint_dir(workdir: str) -> str:
 
 def train_loop(config, workdir: str, batches: Iterator[Batch], mesh=None) -> Any:
     """Train the autoencoder to `vae_train.num_steps` (resuming); return its parameters."""
-    vcfg = config.vae_train
     mesh = mesh_lib.make_mesh(config) if mesh is None else mesh
-    check_batch_size(int(vcfg.batch_size), mesh)
-    task = VAETask(config, mesh)
-    state = fit(
-        task, workdir, vae_checkpoint_dir(workdir), batches,
-        num_steps=int(vcfg.num_steps), batch_size=int(vcfg.batch_size),
-        log_every=int(vcfg.log_every_steps), checkpoint_every=int(vcfg.checkpoint_every_steps),
-        keep=int(config.train.keep_checkpoints), arch=ckpt.arch_from_config(config),
-        config_json=config_json(config), name="vae",
-    )
+    settings = LoopSettings.of("vae", vae_checkpoint_dir(workdir), config.vae_train)
+    state = train(VAETask(config, mesh), workdir, batches, settings,
+                  arch=ckpt.arch_from_config(config), config_json=config_json(config))
     return state["params"]["vae"]
-
-
-def run(config, workdir: str) -> Any:
-    """`mode=train_vae`: train only the autoencoder, into `DIR/vae_checkpoints/`.
-
-    A denoiser run then uses it with `--config.vae_train.checkpoint=DIR/vae_checkpoints`.
-    """
-    from madad_jax.data.sources import train_batches
-
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    batches = train_batches(config, workdir, int(config.vae_train.batch_size), latents=False)
-    return train_loop(config, workdir, batches)

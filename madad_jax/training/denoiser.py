@@ -26,7 +26,15 @@ from madad_jax.core import checkpoint as ckpt
 from madad_jax.core import mesh as mesh_lib
 from madad_jax.diffusion.latent_norm import LatentNorm
 from madad_jax.models import build_denoiser, build_vae, sample_posterior
-from madad_jax.training.loop import Batch, State, check_batch_size, config_json, fit
+from madad_jax.training.loop import (
+    Batch,
+    LoopSettings,
+    ShardedTask,
+    State,
+    config_json,
+    new_state,
+    train,
+)
 from madad_jax.training.optimizer import lr_schedule, make_optimizer
 
 LATENT_MEAN, LATENT_LOGVAR = "latent_mean", "latent_logvar"
@@ -71,15 +79,8 @@ def init_state(config, vae_params: Any, tx: optax.GradientTransformation) -> Sta
     """A fresh training state (pure: jit it with `out_shardings` to build it sharded)."""
     key = jax.random.PRNGKey(int(config.train.seed))
     den = init_denoiser_params(config, jax.random.fold_in(key, 1))
-    state = dict(
-        params={"vae": vae_params, "denoiser": den},
-        opt_state=tx.init(den),
-        step=jnp.zeros((), jnp.int32),
-        rng=key,
-    )
-    if config.train.ema:
-        state["ema"] = jax.tree.map(jnp.copy, den)
-    return state
+    extra = {"ema": jax.tree.map(jnp.copy, den)} if config.train.ema else {}
+    return new_state({"vae": vae_params, "denoiser": den}, tx, key, **extra)
 
 
 def batch_latents(vae, vae_params, batch: Batch, key: jax.Array, norm: LatentNorm) -> jax.Array:
@@ -97,12 +98,17 @@ def _mask2d(mask: jax.Array | None) -> jax.Array | None:
     return mask[..., 0] if mask is not None and mask.ndim == 4 else mask
 
 
-def make_train_step(config, tx: optax.GradientTransformation) -> Callable:
-    """The pure `train_step(state, batch) -> (state, metrics)`."""
+def make_train_step(config, tx: optax.GradientTransformation,
+                    norm: LatentNorm | None = None) -> Callable:
+    """The pure `train_step(state, batch) -> (state, metrics)`.
+
+    `norm` maps VAE latents to the diffusion's (the run plan's; default: `config`'s own
+    latent_scale / latent_whitening).
+    """
     vae = build_vae(config, dtype=config.model.dtype)
     apply_fn = denoiser_apply(build_denoiser(config))
     schedule = lr_schedule(config.train)
-    norm = LatentNorm.from_config(config)
+    norm = LatentNorm.from_config(config) if norm is None else norm
     ema_decay = float(config.train.ema_decay)
 
     def train_step(state: State, batch: Batch) -> tuple[State, dict[str, jax.Array]]:
@@ -131,11 +137,11 @@ def make_train_step(config, tx: optax.GradientTransformation) -> Callable:
     return train_step
 
 
-def make_eval_step(config) -> Callable:
+def make_eval_step(config, norm: LatentNorm | None = None) -> Callable:
     """`eval_step(params, batch, key) -> metrics`: the loss without dropout (validation)."""
     vae = build_vae(config, dtype=config.model.dtype)
     apply_fn = denoiser_apply(build_denoiser(config))
-    norm = LatentNorm.from_config(config)
+    norm = LatentNorm.from_config(config) if norm is None else norm
 
     def eval_step(params, batch, key):
         k_post, k_loss = jax.random.split(key)
@@ -148,29 +154,24 @@ def make_eval_step(config) -> Callable:
     return eval_step
 
 
-class DenoiserTask:
+class DenoiserTask(ShardedTask):
     """The jitted, sharded init / train / eval functions of the denoiser for one mesh."""
 
-    def __init__(self, config, mesh, vae_abstract: Any, vae_params: Any | None = None):
-        self.config, self.mesh = config, mesh
+    def __init__(self, config, mesh, vae_abstract: Any, vae_params: Any | None = None,
+                 norm: LatentNorm | None = None):
+        self.config = config
         self.vae_params = vae_params
         self.tx = make_optimizer(config.train)
-        abstract = jax.eval_shape(lambda v: init_state(config, v, self.tx), vae_abstract)
-        self.shardings = mesh_lib.state_shardings(abstract, mesh, config.mesh.param_sharding)
-        self.abstract = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            abstract, self.shardings)
-        self.batch_sharding = mesh_lib.batch_sharding(mesh)
-        repl = mesh_lib.replicated(mesh)
+        super().__init__(mesh, lambda v: init_state(config, v, self.tx),
+                         config.mesh.param_sharding, vae_abstract)
         self._vae_sharding = self.shardings["params"]["vae"]
         self._init = jax.jit(lambda v: init_state(config, v, self.tx),
                              in_shardings=(self._vae_sharding,), out_shardings=self.shardings)
-        self.step = jax.jit(make_train_step(config, self.tx),
-                            in_shardings=(self.shardings, self.batch_sharding),
-                            out_shardings=(self.shardings, repl), donate_argnums=(0,))
-        self.eval = jax.jit(make_eval_step(config),
-                            in_shardings=(self.shardings["params"], self.batch_sharding, repl),
-                            out_shardings=repl)
+        self.step = self.jit_step(make_train_step(config, self.tx, norm))
+        self.eval = jax.jit(make_eval_step(config, norm),
+                            in_shardings=(self.shardings["params"], self.batch_sharding,
+                                          self.replicated),
+                            out_shardings=self.replicated)
 
     def init(self, vae_params: Any | None = None) -> State:
         """A fresh sharded state around the given (frozen) VAE parameters."""
@@ -185,9 +186,6 @@ class DenoiserTask:
     def step_fn(self, step: int) -> Callable:
         return self.step
 
-    def put_batch(self, local: Batch) -> Batch:
-        return mesh_lib.global_batch(local, self.batch_sharding)
-
     def validate(self, state: State, batches: list[Batch]) -> dict[str, float]:
         """Mean loss terms over fixed batches with fixed keys (comparable across steps)."""
         key = jax.random.PRNGKey(int(self.config.train.seed) + 1_000_003)
@@ -196,8 +194,9 @@ class DenoiserTask:
         rows = jax.device_get(rows)
         return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
-    def best_params(self, state: State) -> Any:
-        return state["params"]
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(workdir, "checkpoints")
 
 
 def train_loop(
@@ -207,6 +206,7 @@ def train_loop(
     vae_params: Any | None,
     val_batches: list[Batch] | None = None,
     mesh=None,
+    norm: LatentNorm | None = None,
 ) -> State:
     """Train the denoiser to `train.num_steps`, resuming from `DIR/checkpoints/` if present.
 
@@ -214,16 +214,9 @@ def train_loop(
     `get_state()` / `set_state()` (a grain iterator). `vae_params` are used only when no
     checkpoint exists yet (a resumed run takes the VAE stored in its checkpoint).
     """
-    tcfg = config.train
     mesh = mesh_lib.make_mesh(config) if mesh is None else mesh
-    check_batch_size(int(tcfg.batch_size), mesh)
     vae_abstract = jax.eval_shape(lambda: init_vae_params(config, jax.random.PRNGKey(0)))
-    task = DenoiserTask(config, mesh, vae_abstract, vae_params)
-    return fit(
-        task, workdir, os.path.join(workdir, "checkpoints"), batches,
-        num_steps=int(tcfg.num_steps), batch_size=int(tcfg.batch_size),
-        log_every=int(tcfg.log_every_steps), checkpoint_every=int(tcfg.checkpoint_every_steps),
-        keep=int(tcfg.keep_checkpoints), arch=ckpt.arch_from_config(config),
-        config_json=config_json(config), name="train", val_batches=val_batches,
-        val_every=int(tcfg.get("val_every_steps", 0)),
-    )
+    task = DenoiserTask(config, mesh, vae_abstract, vae_params, norm)
+    settings = LoopSettings.of("train", checkpoint_dir(workdir), config.train)
+    return train(task, workdir, batches, settings, arch=ckpt.arch_from_config(config),
+                 config_json=config_json(config), val_batches=val_batches)

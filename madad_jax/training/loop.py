@@ -7,13 +7,12 @@ with the data iterator's position, so a resumed run repeats an uninterrupted one
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
-import sys
-import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -21,66 +20,112 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from madad_jax.core import checkpoint as ckpt
+from madad_jax.core import mesh as mesh_lib
+from madad_jax.training.logger import Logger
 
 State = dict[str, Any]
-
-
 Batch = dict[str, Any]
+
+
+class Task(Protocol):
+    """What `fit` needs from a model to train: the sharded state and its jitted functions."""
+
+    abstract: Any  # the state's ShapeDtypeStructs, with shardings
+    shardings: Any  # the state's NamedShardings
+
+    def init(self) -> State:
+        """A fresh sharded state."""
+
+    def step_fn(self, step: int) -> Callable[[State, Batch], tuple[State, dict]]:
+        """The jitted `(state, batch) -> (state, metrics)` to run at `step`."""
+
+    def put_batch(self, local: Batch) -> Batch:
+        """This process's numpy batch as a global, sharded batch."""
+
+    def validate(self, state: State, batches: list[Batch]) -> dict[str, float]:
+        """Mean validation metrics (only called with validation batches)."""
+
+    def best_params(self, state: State) -> Any:
+        """The parameters a best-by-validation copy keeps."""
+
+
+class ShardedTask:
+    """The set-up every task shares: the state's shardings on a mesh, jitted init and steps."""
+
+    def __init__(self, mesh, init_state: Callable[..., State], param_sharding: str,
+                 *init_args: Any):
+        abstract = jax.eval_shape(init_state, *init_args)
+        self.mesh = mesh
+        self.shardings = mesh_lib.state_shardings(abstract, mesh, param_sharding)
+        self.abstract = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            abstract, self.shardings)
+        self.batch_sharding = mesh_lib.batch_sharding(mesh)
+        self.replicated = mesh_lib.replicated(mesh)
+
+    def jit_step(self, step: Callable[[State, Batch], tuple[State, dict]]) -> Callable:
+        """`step` jitted with the state donated and sharded, the batch split over the mesh."""
+        return jax.jit(step, in_shardings=(self.shardings, self.batch_sharding),
+                       out_shardings=(self.shardings, self.replicated), donate_argnums=(0,))
+
+    def put_batch(self, local: Batch) -> Batch:
+        return mesh_lib.global_batch(local, self.batch_sharding)
+
+    def validate(self, state: State, batches: list[Batch]) -> dict[str, float]:
+        raise NotImplementedError(f"{type(self).__name__} has no validation")
+
+    def best_params(self, state: State) -> Any:
+        return state["params"]
+
+
+def new_state(params: Any, tx, key: jax.Array, **extra: Any) -> State:
+    """The state skeleton both tasks use: params, optimizer state, step 0 and the base key."""
+    return dict(params=params, opt_state=tx.init(_trained(params)),
+                step=jnp.zeros((), jnp.int32), rng=key, **extra)
+
+
+def _trained(params: Any) -> Any:
+    return params["denoiser"] if "denoiser" in params else params["vae"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopSettings:
+    """How long and how often: one per trained model (`config.train`, `config.vae_train`)."""
+
+    name: str  # "train" or "vae": the log and progress-bar prefix
+    ckpt_dir: str
+    num_steps: int
+    batch_size: int
+    log_every: int
+    checkpoint_every: int
+    keep: int
+    val_every: int = 0
+
+    @classmethod
+    def of(cls, name: str, ckpt_dir: str, section, num_steps: int | None = None) -> LoopSettings:
+        """From a config section holding the usual `*_steps` / `keep_checkpoints` keys."""
+        return cls(name, ckpt_dir,
+                   num_steps=int(section.num_steps if num_steps is None else num_steps),
+                   batch_size=int(section.batch_size), log_every=int(section.log_every_steps),
+                   checkpoint_every=int(section.checkpoint_every_steps),
+                   keep=int(section.keep_checkpoints),
+                   val_every=int(section.get("val_every_steps", 0)))
+
+
+def train(task: Task, workdir: str, batches: Iterator[Batch], settings: LoopSettings,
+          arch: dict[str, Any], config_json: dict[str, Any],
+          val_batches: list[Batch] | None = None) -> State:
+    """Check the batch size against the mesh, then `fit` `task` as `settings` say."""
+    check_batch_size(settings.batch_size, task.mesh)
+    return fit(task, workdir, settings.ckpt_dir, batches, num_steps=settings.num_steps,
+               batch_size=settings.batch_size, log_every=settings.log_every,
+               checkpoint_every=settings.checkpoint_every, keep=settings.keep, arch=arch,
+               config_json=config_json, name=settings.name, val_batches=val_batches,
+               val_every=settings.val_every)
 
 
 class TrainingDiverged(RuntimeError):
     """The loss or the gradients became NaN/Inf; nothing after the last good step is saved."""
-
-
-class Logger:
-    """TensorBoard scalars in `DIR/tb/` plus a tqdm progress line (process 0 only)."""
-
-    def __init__(self, workdir: str, start: int, total: int, batch_size: int,
-                 name: str = "train"):
-        self.name = name
-        self.active = jax.process_index() == 0
-        self.batch_size = batch_size
-        self.writer = None
-        self.bar = None
-        if not self.active:
-            return
-        from tensorboardX import SummaryWriter
-        from tqdm import tqdm
-
-        self.writer = SummaryWriter(os.path.join(workdir, "tb"))
-        self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
-                        file=sys.stderr, mininterval=1.0, smoothing=0.1, desc=name)
-        self._last_time, self._last_step = time.perf_counter(), start
-
-    def step(self, step: int) -> None:
-        if self.bar is not None:
-            self.bar.update(step - self.bar.n)
-
-    def scalars(self, step: int, values: dict[str, float], prefix: str | None = None) -> None:
-        if not self.active:
-            return
-        prefix = prefix or self.name
-        now = time.perf_counter()
-        if prefix == self.name and step > self._last_step:
-            values = dict(values, slices_per_s=(step - self._last_step) * self.batch_size
-                          / max(now - self._last_time, 1e-9))
-            self._last_time, self._last_step = now, step
-        for k, v in values.items():
-            self.writer.add_scalar(f"{prefix}/{k}", v, step)
-        self.writer.flush()
-        self.bar.set_postfix_str(f"loss {values.get('loss', float('nan')):.4g}", refresh=False)
-        shown = " ".join(f"{k} {v:.4g}" for k, v in values.items())
-        self.bar.write(f"[{prefix}] step {step}: {shown}", file=sys.stderr)
-
-    def message(self, text: str) -> None:
-        if self.active:
-            (self.bar.write if self.bar is not None else print)(text, file=sys.stderr)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        if self.writer is not None:
-            self.writer.close()
 
 
 def _host_metrics(pending: list[tuple[int, dict[str, jax.Array]]]) -> list[tuple[int, dict]]:
