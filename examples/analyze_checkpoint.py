@@ -47,9 +47,9 @@ def load_slices(args, config) -> dict:
         from madad_jax.data import synthetic
 
         return synthetic.from_config(config, (args.split,))[args.split]
-    from madad_jax.data.pipeline import load_eval
+    from madad_jax.data.sources import eval_slices
 
-    return load_eval(config, args.split)
+    return eval_slices(config, args.split)
 
 
 def pick(data: dict, n: int) -> np.ndarray:

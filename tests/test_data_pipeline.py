@@ -10,7 +10,7 @@ from data_helpers import write_set
 from jax.sharding import NamedSharding, PartitionSpec
 
 from madad_jax.config import default_config
-from madad_jax.data import convert, pipeline
+from madad_jax.data import convert, pipeline, sources
 from madad_jax.data.augment import AugmentOptions, augment_slice
 
 SIZE = 32
@@ -185,13 +185,13 @@ def test_eval_loading_from_config(case_dir, tmp_path):
     c.image_size = 64
     c.data.kind = "png"
     c.data.png_root = str(case_dir / "slices")
-    png_split = pipeline.load_eval(c)
+    png_split = sources.eval_slices(c, "test")
     convert.convert_png(case_dir / "slices", tmp_path, modality="T2", image_size=64,
                         progress=False)
     c.data.kind = "arrayrecord"
     c.data.png_root = ""
     c.data.test_path = str(tmp_path)
-    ar = pipeline.load_eval(c)
+    ar = sources.eval_slices(c, "test")
     for k in ("images", "brainmasks", "segmentations"):
         np.testing.assert_array_equal(png_split[k], ar[k])
     assert png_split["names"] == ar["names"]

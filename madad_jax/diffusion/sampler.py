@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from madad_jax import diffusion
+from madad_jax.models.adapters import denoiser_fn
 
 
 def ddim_tables(num_steps: int, ddim_steps: int) -> dict[str, jax.Array]:
@@ -21,13 +22,6 @@ def ddim_tables(num_steps: int, ddim_steps: int) -> dict[str, jax.Array]:
     out = {k: jnp.asarray(v, jnp.float32) for k, v in s.items() if k != "timestep_map"}
     out["timestep_map"] = jnp.asarray(s["timestep_map"], jnp.int32)
     return out
-
-
-def _denoiser_apply(denoiser) -> Callable[[Any, jax.Array, jax.Array], tuple]:
-    def apply(params, z, t):
-        return denoiser.apply({"params": params}, z, t, False)
-
-    return apply
 
 
 def ddim_step(
@@ -66,7 +60,7 @@ def ddim_step(
 def make_step_fn(denoiser, config) -> Callable[..., dict[str, jax.Array]]:
     """Jitted `step(denoiser_params, z, i, key) -> ddim_step(...)` for `config.sample`."""
     tables = ddim_tables(config.diffusion.num_steps, config.sample.ddim_steps)
-    apply_fn = _denoiser_apply(denoiser)
+    apply_fn = denoiser_fn(denoiser)
     eta = float(config.sample.eta)
     thr = float(config.sample.get("flag_threshold", 0.5))
 

@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from madad_jax.diffusion.latent_norm import LatentNorm
-from madad_jax.diffusion.sampler import _denoiser_apply, ddim_step, ddim_tables
+from madad_jax.diffusion.sampler import ddim_step, ddim_tables
+from madad_jax.models.adapters import denoiser_fn
 from madad_jax.sampling.smoothing import gaussian_filter_2d
 
 MAP_SOURCES = ("image", "latent", "mask")
@@ -80,7 +81,7 @@ def make_infer_fn(vae, denoiser, config, trajectory: bool = False) -> Callable[.
     norm = LatentNorm.from_config(config)
     eta = float(scfg.eta)
     thr = float(scfg.get("flag_threshold", 0.5))
-    apply_den = _denoiser_apply(denoiser)
+    apply_den = denoiser_fn(denoiser)
 
     def encode(p, x):
         return vae.apply({"params": p}, x, method=vae.encode)[0]

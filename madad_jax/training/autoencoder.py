@@ -25,6 +25,7 @@ import optax
 from madad_jax.core import checkpoint as ckpt
 from madad_jax.core import mesh as mesh_lib
 from madad_jax.models import build_vae, sample_posterior
+from madad_jax.models.adapters import vae_decode, vae_encode
 from madad_jax.models.discriminator import PatchDiscriminator
 from madad_jax.training.loop import (
     Batch,
@@ -92,9 +93,9 @@ def make_step(config, tx, tx_d, adversarial: bool) -> Callable:
         b = x.shape[0]
 
         def terms(p):
-            mean, logvar = vae.apply({"params": p}, x, method=vae.encode)
+            mean, logvar = vae_encode(vae, p, x)
             z = sample_posterior(key, mean, logvar)
-            rec = vae.apply({"params": p}, z, method=vae.decode)
+            rec = vae_decode(vae, p, z)
             nll = jnp.sum(jnp.abs(x - rec)) / b
             kl = kl_divergence(mean, logvar)
             g = (-jnp.mean(disc.apply({"params": state["disc"]}, rec)) if adversarial

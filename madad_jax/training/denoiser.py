@@ -26,6 +26,7 @@ from madad_jax.core import checkpoint as ckpt
 from madad_jax.core import mesh as mesh_lib
 from madad_jax.diffusion.latent_norm import LatentNorm
 from madad_jax.models import build_denoiser, build_vae, sample_posterior
+from madad_jax.models.adapters import denoiser_fn, vae_encode
 from madad_jax.training.loop import (
     Batch,
     LoopSettings,
@@ -38,15 +39,6 @@ from madad_jax.training.loop import (
 from madad_jax.training.optimizer import lr_schedule, make_optimizer
 
 LATENT_MEAN, LATENT_LOGVAR = "latent_mean", "latent_logvar"
-
-
-def denoiser_apply(model) -> Callable[..., tuple[jax.Array, jax.Array]]:
-    """`apply_fn(params, z_t, t, train, rngs)` in the form `diffusion.loss_fn` expects."""
-
-    def apply_fn(params, z_t, t, train, rngs):
-        return model.apply({"params": params}, z_t, t, train, rngs=rngs)
-
-    return apply_fn
 
 
 def latent_shape(config) -> tuple[int, int, int]:
@@ -88,7 +80,7 @@ def batch_latents(vae, vae_params, batch: Batch, key: jax.Array, norm: LatentNor
     if LATENT_MEAN in batch:
         mean, logvar = batch[LATENT_MEAN], batch[LATENT_LOGVAR]
     else:
-        mean, logvar = vae.apply({"params": vae_params}, batch["image"], method=vae.encode)
+        mean, logvar = vae_encode(vae, vae_params, batch["image"])
     z = sample_posterior(key, mean.astype(jnp.float32), logvar.astype(jnp.float32))
     return jax.lax.stop_gradient(norm.to_model(z))
 
@@ -106,7 +98,7 @@ def make_train_step(config, tx: optax.GradientTransformation,
     latent_scale / latent_whitening).
     """
     vae = build_vae(config, dtype=config.model.dtype)
-    apply_fn = denoiser_apply(build_denoiser(config))
+    apply_fn = denoiser_fn(build_denoiser(config))
     schedule = lr_schedule(config.train)
     norm = LatentNorm.from_config(config) if norm is None else norm
     ema_decay = float(config.train.ema_decay)
@@ -140,7 +132,7 @@ def make_train_step(config, tx: optax.GradientTransformation,
 def make_eval_step(config, norm: LatentNorm | None = None) -> Callable:
     """`eval_step(params, batch, key) -> metrics`: the loss without dropout (validation)."""
     vae = build_vae(config, dtype=config.model.dtype)
-    apply_fn = denoiser_apply(build_denoiser(config))
+    apply_fn = denoiser_fn(build_denoiser(config))
     norm = LatentNorm.from_config(config) if norm is None else norm
 
     def eval_step(params, batch, key):

@@ -32,9 +32,10 @@ def vae_encoder(config, vae_params: Any, batch_size: int = 32) -> EncodeFn:
     import jax
 
     from madad_jax.models import build_vae
+    from madad_jax.models.adapters import vae_encode
 
     vae = build_vae(config)
-    apply = jax.jit(lambda p, x: vae.apply({"params": p}, x, method=vae.encode))
+    apply = jax.jit(lambda p, x: vae_encode(vae, p, x))
 
     def encode(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         means, logvars = [], []
