@@ -35,15 +35,24 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        out = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}") from None
-    if not out or min(out) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return out
+def _int_list(minimum: int) -> Callable[[str], list[int]]:
+    """A parser of comma-separated integers, each at least `minimum` (0 or 1)."""
+    want = "positive integers" if minimum == 1 else f"integers >= {minimum}"
+
+    def parse(text: str) -> list[int]:
+        try:
+            out = [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated integers, got {text!r}") from None
+        if not out or min(out) < minimum:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
+        return out
+
+    return parse
+
+
+_ints, _ints_or_zero = _int_list(1), _int_list(0)
 
 
 def _bools(text: str) -> list[bool]:
@@ -111,17 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="", help="also write the JSON lines to this file")
     p.add_argument("--verbose", action="store_true", help="tracebacks for failed figures")
     return p
-
-
-def _ints_or_zero(text: str) -> list[int]:
-    try:
-        out = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}") from None
-    if not out or min(out) < 0:
-        raise argparse.ArgumentTypeError(f"expected integers >= 0, got {text!r}")
-    return out
 
 
 def figure_jobs(args: argparse.Namespace) -> Iterator[tuple[str, dict[str, Any],
