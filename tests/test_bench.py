@@ -105,65 +105,17 @@ def test_peak_table():
     assert flops.peak_flops("cpu", "float32") is None
 
 
-def test_naive_attention_matches_dot_product_attention():
-    k = jax.random.split(jax.random.PRNGKey(0), 3)
-    q, kk, v = (jax.random.normal(key, (2, 10, 3, 8)) for key in k)
-    ref = jax.nn.dot_product_attention(q, kk, v)
-    assert jnp.allclose(bench.naive_attention(q, kk, v), ref, atol=1e-5)
+def test_attention_is_chosen_through_the_config():
+    """--attention sets `config.model.attention`; "naive" and "blocked" give XLA's outputs."""
+    from madad_jax.models import build_denoiser
 
-
-@pytest.mark.parametrize("shape,block", [((2, 64, 2, 8), 16), ((1, 48, 3, 4), None),
-                                         ((2, 30, 1, 8), 8)])
-def test_blocked_attention_matches_xla(shape, block):
-    from madad_jax.models.attention import blocked_attention
-
-    keys = jax.random.split(jax.random.PRNGKey(1), 4)
-    q, k, v, w = (jax.random.normal(key, shape) for key in keys)
-
-    def loss(f):
-        return lambda q, k, v: jnp.sum(f(q, k, v) * w)
-
-    ref = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla")  # noqa: E731
-    mine = lambda q, k, v: blocked_attention(q, k, v, block=block)  # noqa: E731
-    assert jnp.allclose(mine(q, k, v), ref(q, k, v), atol=2e-6)
-    g_ref = jax.grad(loss(ref), argnums=(0, 1, 2))(q, k, v)
-    g_mine = jax.jit(jax.grad(loss(mine), argnums=(0, 1, 2)))(q, k, v)
-    for a, b in zip(g_mine, g_ref, strict=True):
-        assert jnp.allclose(a, b, atol=1e-5), float(jnp.abs(a - b).max())
-    # bfloat16 inputs: float32 scores and softmax, bfloat16 out.
-    qb, kb, vb = (x.astype(jnp.bfloat16) for x in (q, k, v))
-    out = blocked_attention(qb, kb, vb, block=block)
-    assert out.dtype == jnp.bfloat16
-    assert jnp.allclose(out.astype(jnp.float32), ref(q, k, v), atol=5e-2)
-
-
-def test_block_size_rule():
-    from madad_jax.models.attention import block_size
-
-    assert block_size(8, 4, 1024) == 32  # the UNet's 32x32 attention at batch 8
-    assert block_size(1, 4, 1024) == 256
-    assert block_size(1, 1, 1024) == 1024  # small enough for one block
-    assert block_size(2, 2, 100) == 100  # no power of two >= 16 divides 100
-    for b, h, t in [(8, 4, 1024), (3, 5, 96), (16, 12, 256)]:
-        blk = block_size(b, h, t)
-        assert t % blk == 0 and (blk == t or blk >= 16)
-
-
-@pytest.mark.parametrize("bwd_budget", [2 * 2 * 64 * 16, 2 * 2 * 64 * 32])
-def test_blocked_attention_backward_over_several_blocks(monkeypatch, bwd_budget):
-    """The two-pass backward with several query and key blocks matches XLA's gradient."""
-    from madad_jax.models import attention
-
-    monkeypatch.setattr(attention, "BWD_BLOCK_ELEMENTS", bwd_budget)
-    assert attention.block_size(2, 2, 64, bwd_budget) in (16, 32)
-    keys = jax.random.split(jax.random.PRNGKey(2), 4)
-    q, k, v, w = (jax.random.normal(key, (2, 64, 2, 8)) for key in keys)
-
-    def grads(f):
-        return jax.jit(jax.grad(lambda q, k, v: jnp.sum(f(q, k, v) * w), argnums=(0, 1, 2)))(
-            q, k, v)
-
-    ref = grads(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla"))
-    mine = grads(lambda q, k, v: attention.blocked_attention(q, k, v, block=16))
-    for a, b in zip(mine, ref, strict=True):
-        assert jnp.allclose(a, b, atol=1e-5), float(jnp.abs(a - b).max())
+    z, t = jnp.ones((1, 8, 8, 4)), jnp.array([3])
+    outs = {}
+    for name in ("xla", "naive", "blocked"):
+        cfg = bench.model_config("DiT_S", 32, "float32", tiny=True, attention=name)
+        assert cfg.model.attention == name
+        model = build_denoiser(cfg)
+        params = model.init(jax.random.PRNGKey(0), z, t)
+        outs[name] = model.apply(params, z, t)[0]
+    for name in ("naive", "blocked"):
+        assert jnp.allclose(outs[name], outs["xla"], rtol=1e-5, atol=1e-5), name

@@ -1,14 +1,20 @@
-"""Softmax attention computed over blocks of queries, for backends without a fused kernel.
+"""Multi-head softmax attention and its named implementations (`config.model.attention`).
 
-On CPU, `jax.nn.dot_product_attention`'s XLA path materializes the (B, heads, T, T) scores in
-a layout that needs transposes of the whole matrix, and its gradient reduces over that matrix
-again. At the UNet's 32x32 attention (T = 1024, head width 16) this made attention most of a
-training step. Here the scores exist one block of queries at a time (small enough to stay in
-cache), heads-major so no large transpose is needed. The backward pass recomputes the
-probabilities from the saved log-sum-exp (as flash attention does), uses rowsum(dO * O)
-instead of a reduction over the scores, and runs once over query blocks (dq) and once over
-key blocks (dk, dv), so that no block of probabilities is transposed. The result equals
-plain softmax attention up to float rounding.
+`multihead_attention` dispatches on the name: "xla" and "cudnn" are the implementations of
+`jax.nn.dot_product_attention`; "blocked" is `blocked_attention` below; "naive" is
+`naive_attention`, the scores written out as two einsums (a benchmark baseline); "auto" lets
+JAX choose, except on CPU where it means "blocked".
+
+`blocked_attention` computes softmax attention over blocks of queries, for backends without
+a fused kernel. On CPU, `jax.nn.dot_product_attention`'s XLA path materializes the
+(B, heads, T, T) scores in a layout that needs transposes of the whole matrix, and its
+gradient reduces over that matrix again. At the UNet's 32x32 attention (T = 1024, head width
+16) this made attention most of a training step. Here the scores exist one block of queries
+at a time (small enough to stay in cache), heads-major so no large transpose is needed. The
+backward pass recomputes the probabilities from the saved log-sum-exp (as flash attention
+does), uses rowsum(dO * O) instead of a reduction over the scores, and runs once over query
+blocks (dq) and once over key blocks (dk, dv), so that no block of probabilities is
+transposed. The result equals plain softmax attention up to float rounding.
 """
 
 from __future__ import annotations
@@ -124,3 +130,44 @@ def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     qh, kh, vh = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))
     out = _attention(qh, kh, vh, block, 1.0 / math.sqrt(q.shape[-1]))
     return jnp.swapaxes(out, 1, 2)
+
+
+def naive_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Softmax attention written out as two einsums (the "before" of dot_product_attention)."""
+    s = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
+    p = jax.nn.softmax(s.astype(jnp.float32), axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", p, v)
+
+
+# `config.model.attention` -> the `implementation` passed to `multihead_attention`.
+ATTENTION_IMPLS = {"auto": None, "xla": "xla", "cudnn": "cudnn", "blocked": "blocked",
+                   "naive": "naive"}
+
+
+def attention_impl(name: str | None) -> str | None:
+    """`config.model.attention` to the `implementation` of `multihead_attention`."""
+    if name is None:
+        return None
+    if name not in ATTENTION_IMPLS:
+        raise ValueError(f"unknown attention implementation {name!r}; "
+                         f"expected one of {sorted(ATTENTION_IMPLS)}")
+    return ATTENTION_IMPLS[name]
+
+
+def multihead_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                        implementation: str | None = None) -> jax.Array:
+    """Softmax(q k^T / sqrt(d)) v on (B, T, heads, d) arrays, by the named implementation.
+
+    cuDNN's fused kernel takes only 16-bit inputs; float32 attention (e.g. the float32
+    autoencoder beside a bfloat16 denoiser) falls back to the XLA implementation. On CPU,
+    "auto" (None) means "blocked": `blocked_attention`, which was 2-3x faster there than the
+    XLA implementation (see docs/benchmarks.md).
+    """
+    if implementation == "naive":
+        return naive_attention(q, k, v)
+    if implementation == "blocked" or (implementation is None
+                                       and jax.default_backend() == "cpu"):
+        return blocked_attention(q, k, v)
+    if implementation == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16):
+        implementation = "xla"
+    return jax.nn.dot_product_attention(q, k, v, implementation=implementation)

@@ -14,12 +14,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from madad_jax.models.attention import blocked_attention
+from madad_jax.models.attention import (  # noqa: F401 (re-exported)
+    ATTENTION_IMPLS,
+    attention_impl,
+    multihead_attention,
+)
 
 Dtype = Any
-
-# "blocked": madad_jax.models.attention.blocked_attention (what "auto" uses on CPU).
-ATTENTION_IMPLS = {"auto": None, "xla": "xla", "cudnn": "cudnn", "blocked": "blocked"}
 
 
 def parse_dtype(name: str | Dtype) -> Dtype:
@@ -31,16 +32,6 @@ def parse_dtype(name: str | Dtype) -> Dtype:
     if name not in table:
         raise ValueError(f"unknown compute dtype {name!r}; expected one of {sorted(table)}")
     return table[name]
-
-
-def attention_impl(name: str | None) -> str | None:
-    """`config.model.attention` to the `implementation` of `jax.nn.dot_product_attention`."""
-    if name is None:
-        return None
-    if name not in ATTENTION_IMPLS:
-        raise ValueError(f"unknown attention implementation {name!r}; "
-                         f"expected one of {sorted(ATTENTION_IMPLS)}")
-    return ATTENTION_IMPLS[name]
 
 
 PRECISIONS = ("auto", "default", "high", "highest")
@@ -120,23 +111,6 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> j
     if dim % 2:
         emb = jnp.concatenate([emb, jnp.zeros_like(emb[:, :1])], axis=-1)
     return emb
-
-
-def multihead_attention(q: jax.Array, k: jax.Array, v: jax.Array,
-                        implementation: str | None = None) -> jax.Array:
-    """Softmax(q k^T / sqrt(d)) v on (B, T, heads, d) arrays via `jax.nn.dot_product_attention`.
-
-    cuDNN's fused kernel takes only 16-bit inputs; float32 attention (e.g. the float32
-    autoencoder beside a bfloat16 denoiser) falls back to the XLA implementation. On CPU,
-    "auto" (None) means "blocked": `attention.blocked_attention`, which was 2-3x faster
-    there than the XLA implementation (see docs/benchmarks.md).
-    """
-    if implementation == "blocked" or (implementation is None
-                                       and jax.default_backend() == "cpu"):
-        return blocked_attention(q, k, v)
-    if implementation == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16):
-        implementation = "xla"
-    return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
 
 
 def upsample_nearest2x(x: jax.Array) -> jax.Array:
