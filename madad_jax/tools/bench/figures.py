@@ -19,6 +19,7 @@ from madad_jax import config as config_lib
 from madad_jax.diffusion import sampler
 from madad_jax.diffusion.latent_norm import LatentNorm
 from madad_jax.models import build_denoiser, build_vae
+from madad_jax.models.adapters import vae_decode, vae_encode
 from madad_jax.sampling import anomaly, inferencer
 from madad_jax.tools import flops as flops_lib
 from madad_jax.tools.bench.harness import (
@@ -139,8 +140,8 @@ def _separate_infer(vae: Any, denoiser: Any, cfg: Any, sync: bool) -> Callable[.
     scfg = cfg.sample
     norm = LatentNorm.from_config(cfg)
     n = int(scfg.ddim_steps)
-    encode = jax.jit(lambda p, x: norm.to_model(vae.apply({"params": p}, x, method=vae.encode)[0]))
-    decode = jax.jit(lambda p, z: vae.apply({"params": p}, norm.from_model(z), method=vae.decode))
+    encode = jax.jit(lambda p, x: norm.to_model(vae_encode(vae, p, x)[0]))
+    decode = jax.jit(lambda p, z: vae_decode(vae, p, norm.from_model(z)))
     step = sampler.make_step_fn(denoiser, cfg)
     amap = jax.jit(lambda xh, xr, zo, zi, ma: anomaly.anomaly_map(
         scfg.map_source, scfg, xh, xr, zo, zi, ma))
