@@ -11,7 +11,7 @@ over `--reps` calls, each blocked until its results are ready; lines give the me
 max (wall-clock) and the median process CPU time, which is steadier than wall time on a
 shared machine. Lowering and compiling are timed separately.
 
-Training runs the real `training.denoiser.make_train_step` under `jax.jit` on one device, with the state
+Training runs the real `make_train_step` under `jax.jit` on one device, with the state
 donated (unless `--donate=false`), on random data placed on the device beforehand: images
 through the VAE encoder, or (`--latent-cache=on`) the posterior moments a latent cache holds.
 Inference runs `anomaly.make_infer_fn` (encode, the DDIM loop, both decodes, the smoothed map
