@@ -25,7 +25,7 @@ augmentation (rotation 5 degrees, translation, brightness/contrast, each with p 
 
 import ml_collections
 
-from madad_jax.config import brats_setup
+from configs.common import brats_setup
 
 
 def get_config(modality: str = "FLAIR") -> ml_collections.ConfigDict:

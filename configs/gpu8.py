@@ -13,7 +13,7 @@ fewer GPUs as long as they divide the batch.
 
 import ml_collections
 
-from madad_jax.config import brats_setup
+from configs.common import brats_setup
 
 
 def get_config(modality: str = "FLAIR") -> ml_collections.ConfigDict:

@@ -23,7 +23,7 @@ Hyperparameters are the reference's (see configs/brats.py).
 
 import ml_collections
 
-from madad_jax.config import paper_setup
+from configs.common import paper_setup
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -22,7 +22,8 @@ for the 1024 batch, 200 epochs with 10 warm-up epochs as the reference; everythi
 
 import ml_collections
 
-from madad_jax.config import brats_setup, dit
+from configs.common import brats_setup
+from madad_jax.config import dit
 
 
 def get_config(modality: str = "FLAIR") -> ml_collections.ConfigDict:

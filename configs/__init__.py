@@ -1,0 +1,1 @@
+"""The run configurations (`--config=configs/NAME.py`) and their shared recipes."""
