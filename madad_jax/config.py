@@ -150,6 +150,9 @@ def default_config() -> ml_collections.ConfigDict:
             cache_latents=False,
             augment=True,
             augment_p=0.5,  # probability of each augmentation (the reference's 0.5)
+            # symmetric: rotation U(-r, r), shifts in [-t, t] | reference: exactly +r degrees,
+            # exactly +t px in x and y, jitter on the uint8 slice (data.augment)
+            augment_mode="symmetric",
             rotate_degrees=5.0,
             translate_px=-1,  # -1: image_size // 32
             brightness=0.1,
@@ -169,6 +172,9 @@ def default_config() -> ml_collections.ConfigDict:
             weight_decay=1e-4,
             warmup_steps=5_000,
             schedule="cosine",  # cosine | constant
+            # per_step: the schedule above, per step | reference: the authors' warm-up +
+            # cosine stepped once per epoch (num_epochs, warmup_epochs; horizon 1.2 x epochs)
+            lr_schedule="per_step",
             ema=False,
             ema_decay=0.9999,
             grad_clip=0.0,  # 0: none (reference)

@@ -109,6 +109,7 @@ def augment_options(data_cfg: Any) -> AugmentOptions:
         translate_px=int(get("translate_px", -1)),
         brightness=float(get("brightness", 0.1)),
         contrast=float(get("contrast", 0.1)),
+        mode=str(get("augment_mode", "symmetric")),
     )
 
 

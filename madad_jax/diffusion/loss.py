@@ -1,10 +1,14 @@
 """The joint loss: x0 reconstruction plus the patch-noise classifier's mask term.
+
+`loss_fn` is `draw` (the random part: timesteps, clean mask, noise) followed by
+`compute_loss` (everything else, deterministic given the draws), so a test can feed the
+reference's recorded draws through the same code.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -13,37 +17,72 @@ import optax
 from madad_jax.diffusion.masks import q_sample, sample_clean_mask
 
 
-def mask_loss(clean_logit: jax.Array, clean: jax.Array, kind: str = "mse") -> jax.Array:
-    """MSE between the mask and P(clean) (reference code) or BCE on the logits (paper)."""
+class Draws(NamedTuple):
+    """One batch's random draws: timesteps (B,), clean mask (B,h,w,1), noise like z0."""
+
+    t: jax.Array
+    clean: jax.Array
+    noise: jax.Array
+
+
+def _mask_terms(clean_logit: jax.Array, clean: jax.Array, kind: str) -> jax.Array:
     logit = clean_logit.astype(jnp.float32)
     if kind == "mse":
-        return jnp.mean((clean - jax.nn.sigmoid(logit)) ** 2)
+        return (clean - jax.nn.sigmoid(logit)) ** 2
     if kind == "bce":
-        return jnp.mean(optax.sigmoid_binary_cross_entropy(logit, clean))
+        return optax.sigmoid_binary_cross_entropy(logit, clean)
     raise ValueError(f"unknown diffusion.mask_loss {kind!r} (mse | bce)")
 
 
-def loss_fn(
-    apply_fn: Callable[..., tuple[jax.Array, jax.Array]],
-    params: Any,
-    z0: jax.Array,
-    brainmask: jax.Array | None,
-    key: jax.Array,
-    config,
-    train: bool = True,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The joint loss `MSE(x0) + w * mask_loss` on one batch of clean latents z0 (B,h,w,C).
+def mask_loss(clean_logit: jax.Array, clean: jax.Array, kind: str = "mse") -> jax.Array:
+    """MSE between the mask and P(clean) (reference code) or BCE on the logits (paper)."""
+    return jnp.mean(_mask_terms(clean_logit, clean, kind))
 
-    `apply_fn(params, z_t, t, train, rngs)` returns `(x0_hat, clean_logit)`.
-    """
-    dcfg = config.diffusion
+
+def draw(key: jax.Array, z0: jax.Array, brainmask: jax.Array | None,
+         dcfg) -> tuple[Draws, jax.Array]:
+    """The batch's draws from `key`, and the key left for dropout."""
     b, h, w, _ = z0.shape
     k_t, k_m, k_n, k_d = jax.random.split(key, 4)
     t = jax.random.randint(k_t, (b,), 0, dcfg.num_steps)
     clean = sample_clean_mask(k_m, b, (h, w), dcfg, brainmask)
     noise = jax.random.normal(k_n, z0.shape, z0.dtype)
-    z_t = q_sample(z0, t, clean, noise, dcfg.num_steps)
-    x0_hat, logit = apply_fn(params, z_t, t, train, {"dropout": k_d})
+    return Draws(t, clean, noise), k_d
+
+
+def predict(apply_fn: Callable[..., tuple[jax.Array, jax.Array]], params: Any, z0: jax.Array,
+            draws: Draws, num_steps: int, train: bool,
+            dropout_key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`(z_t, x0_hat, clean_logit)`: the noised latent and the model's two outputs on it."""
+    z_t = q_sample(z0, draws.t, draws.clean, draws.noise, num_steps)
+    x0_hat, logit = apply_fn(params, z_t, draws.t, train, {"dropout": dropout_key})
+    return z_t, x0_hat, logit
+
+
+def per_sample_losses(z0: jax.Array, x0_hat: jax.Array, logit: jax.Array, clean: jax.Array,
+                      dcfg) -> dict[str, jax.Array]:
+    """(B,) `mse`, `mask_loss` and `loss = mse + w * mask_loss`, each a mean over one sample."""
+    axes = tuple(range(1, z0.ndim))
+    mse = jnp.mean((z0 - x0_hat.astype(jnp.float32)) ** 2, axis=axes)
+    m_loss = jnp.mean(_mask_terms(logit, clean, dcfg.mask_loss), axis=axes)
+    return dict(loss=mse + dcfg.mask_loss_weight * m_loss, mse=mse, mask_loss=m_loss)
+
+
+def compute_loss(
+    apply_fn: Callable[..., tuple[jax.Array, jax.Array]],
+    params: Any,
+    z0: jax.Array,
+    draws: Draws,
+    config,
+    train: bool = True,
+    dropout_key: jax.Array | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The joint loss `MSE(x0) + w * mask_loss` given the batch's draws (means over the batch)."""
+    dcfg = config.diffusion
+    if dropout_key is None:
+        dropout_key = jax.random.key(0)
+    _, x0_hat, logit = predict(apply_fn, params, z0, draws, dcfg.num_steps, train, dropout_key)
+    clean = draws.clean
     mse = jnp.mean((z0 - x0_hat.astype(jnp.float32)) ** 2)
     m_loss = mask_loss(logit, clean, dcfg.mask_loss)
     loss = mse + dcfg.mask_loss_weight * m_loss
@@ -55,3 +94,20 @@ def loss_fn(
         noised_frac=1.0 - jnp.mean(clean),
     )
     return loss, aux
+
+
+def loss_fn(
+    apply_fn: Callable[..., tuple[jax.Array, jax.Array]],
+    params: Any,
+    z0: jax.Array,
+    brainmask: jax.Array | None,
+    key: jax.Array,
+    config,
+    train: bool = True,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The joint loss on one batch of clean latents z0 (B,h,w,C): `draw`, then `compute_loss`.
+
+    `apply_fn(params, z_t, t, train, rngs)` returns `(x0_hat, clean_logit)`.
+    """
+    draws, k_d = draw(key, z0, brainmask, config.diffusion)
+    return compute_loss(apply_fn, params, z0, draws, config, train, k_d)

@@ -19,7 +19,17 @@ def _patch_mask(key: jax.Array, frac_noised: jax.Array, h: int, w: int, ph: int,
     rank = jnp.argsort(jnp.argsort(scores, axis=1), axis=1)  # a random permutation per sample
     n_clean = jnp.floor(n * (1.0 - frac_noised)).astype(jnp.int32)
     grid = (rank < n_clean[:, None]).astype(jnp.float32).reshape(b, gh, gw)
+    return patch_grid_mask(grid, ph, pw)
+
+
+def patch_grid_mask(grid: jax.Array, ph: int, pw: int) -> jax.Array:
+    """(B,gh,gw) per-patch values as a (B,gh*ph,gw*pw) mask: each patch ph rows x pw columns."""
     return jnp.repeat(jnp.repeat(grid, ph, axis=1), pw, axis=2)
+
+
+def exclude_outside_brain(mask: jax.Array, brainmask: jax.Array, threshold: float = 0.9):
+    """(B,h,w) clean mask set to 1 (clean) where `outside_brain`."""
+    return jnp.where(outside_brain(brainmask, mask.shape[1:3], threshold), 1.0, mask)
 
 
 def outside_brain(brainmask: jax.Array, latent_hw: tuple[int, int], threshold: float = 0.9):
@@ -80,7 +90,7 @@ def sample_clean_mask(
     branches = [branch(ph, pw) for ph in sizes for pw in sizes]
     mask = jax.lax.switch(ih * len(sizes) + iw, branches)
     if brainmask is not None:
-        mask = jnp.where(outside_brain(brainmask, latent_hw, dcfg.brain_threshold), 1.0, mask)
+        mask = exclude_outside_brain(mask, brainmask, dcfg.brain_threshold)
     if return_info:
         patch_hw = jnp.stack([jnp.asarray(sizes)[ih], jnp.asarray(sizes)[iw]])
         return mask[..., None], dict(patch_hw=patch_hw, frac=frac)
