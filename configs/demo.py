@@ -12,12 +12,10 @@ protocol. About 10 minutes on a 2-core CPU. `DIR/evaluate/metrics.json` also hol
 (`madad_jax.evaluation.baseline`) on the same test slices.
 """
 
-import dataclasses
 
 import ml_collections
 
-from madad_jax.config import default_config
-from madad_jax.data import synthetic
+from madad_jax.config import default_config, demo_data
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -90,19 +88,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.cache_latents = True
     c.latent_whiten_from_data = True
     c.data.modality = "T1"
-    c.data.demo = ml_collections.ConfigDict(
-        dict(
-            seed=0,
-            n_train=40,  # healthy subjects; every slab slice is a training slice
-            n_test=40,  # lesioned subjects
-            n_val=0,
-            test_slices="largest",  # all | lesion | largest (one slice per subject, S2)
-            modality="T1",
-            fov_mm=208.0,
-            z_mm=(-8.0, 40.0),  # MNI z of the first and last slice
-            slice_mm=3.0,
-            anatomy=dataclasses.asdict(synthetic.AnatomySpec()),
-            lesion=dataclasses.asdict(synthetic.LesionSpec()),
-        )
-    )
+    c.data.demo = demo_data()  # 40 healthy training and 40 lesioned test subjects
     return c

@@ -6,6 +6,8 @@ overridden on the command line: `--config.train.batch_size=32`.
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
 # The reference's UNet presets: (model_channels, num_heads).
@@ -76,6 +78,27 @@ def dit(preset: str = "DiT_B", patch_size: int = 2) -> ml_collections.ConfigDict
             dropout=0.0,
             scan_layers=True,
             remat=False,
+        )
+    )
+
+
+def demo_data() -> ml_collections.ConfigDict:
+    """`data.demo`: the generated data set of `data.kind=demo` (madad_jax.data.synthetic)."""
+    from madad_jax.data.synthetic import AnatomySpec, LesionSpec
+
+    return ml_collections.ConfigDict(
+        dict(
+            seed=0,
+            n_train=40,  # healthy subjects; every slab slice is a training slice
+            n_test=40,  # lesioned subjects
+            n_val=0,
+            test_slices="largest",  # all | lesion | largest (one slice per subject, S2)
+            modality="T1",
+            fov_mm=208.0,
+            z_mm=(-8.0, 40.0),  # MNI z of the first and last slice
+            slice_mm=3.0,
+            anatomy=dataclasses.asdict(AnatomySpec()),
+            lesion=dataclasses.asdict(LesionSpec()),
         )
     )
 
@@ -162,6 +185,7 @@ def default_config() -> ml_collections.ConfigDict:
             bad_input="skip",  # skip | stop
         )
     )
+    c.data.demo = demo_data()
 
     c.train = ml_collections.ConfigDict(
         dict(

@@ -64,15 +64,15 @@ def _env_int(*names: str) -> int:
 
 def multihost_requested(config) -> bool:
     """Whether this process is one of several that must form a JAX distributed system."""
-    d = config.get("distributed")
-    choice = str(d.initialize if d is not None else "auto").lower()
+    d = config.distributed
+    choice = str(d.initialize).lower()
     if choice in ("on", "true", "1", "yes"):
         return True
     if choice in ("off", "false", "0", "no"):
         return False
     if choice != "auto":
         raise ValueError(f"distributed.initialize must be auto | on | off, not {choice!r}")
-    if d is not None and d.coordinator_address:
+    if d.coordinator_address:
         return True
     if os.environ.get("JAX_COORDINATOR_ADDRESS"):
         return True
@@ -89,15 +89,14 @@ def initialize_distributed(config) -> bool:
     # Cross-process collectives on CPU need gloo (the default CPU client has none).
     if not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    d = config.get("distributed")
+    d = config.distributed
     kwargs = {}
-    if d is not None:
-        if d.coordinator_address:
-            kwargs["coordinator_address"] = d.coordinator_address
-        if int(d.num_processes) > 0:
-            kwargs["num_processes"] = int(d.num_processes)
-        if int(d.process_id) >= 0:
-            kwargs["process_id"] = int(d.process_id)
+    if d.coordinator_address:
+        kwargs["coordinator_address"] = d.coordinator_address
+    if int(d.num_processes) > 0:
+        kwargs["num_processes"] = int(d.num_processes)
+    if int(d.process_id) >= 0:
+        kwargs["process_id"] = int(d.process_id)
     jax.distributed.initialize(**kwargs)
     return True
 
@@ -124,7 +123,7 @@ def main(argv: list[str]) -> None:
         _fail("--config=configs/NAME.py is required")
     if not _WORKDIR.value:
         _fail("--workdir=DIR is required")
-    verbose = bool(_VERBOSE.value or config.get("verbose", False))
+    verbose = bool(_VERBOSE.value or config.verbose)
     if not verbose:
         absl_logging.set_verbosity(absl_logging.WARNING)
     try:

@@ -38,8 +38,8 @@ class LatentNorm:
 
     @classmethod
     def from_config(cls, config) -> LatentNorm:
-        w = config.get("latent_whitening", None)
-        if w is not None and len(w.get("matrix", ())):
+        w = config.latent_whitening
+        if len(w.matrix):
             return cls(float(config.latent_scale), np.asarray(w.shift, np.float64),
                        np.asarray(w.matrix, np.float64))
         return cls(float(config.latent_scale))

@@ -62,7 +62,7 @@ def make_step_fn(denoiser, config) -> Callable[..., dict[str, jax.Array]]:
     tables = ddim_tables(config.diffusion.num_steps, config.sample.ddim_steps)
     apply_fn = denoiser_fn(denoiser)
     eta = float(config.sample.eta)
-    thr = float(config.sample.get("flag_threshold", 0.5))
+    thr = float(config.sample.flag_threshold)
 
     @jax.jit
     def step(params, z, i, key):

@@ -109,7 +109,7 @@ class LoopSettings:
                    batch_size=int(section.batch_size), log_every=int(section.log_every_steps),
                    checkpoint_every=int(section.checkpoint_every_steps),
                    keep=int(section.keep_checkpoints),
-                   val_every=int(section.get("val_every_steps", 0)))
+                   val_every=int(section.val_every_steps))
 
 
 def train(task: Task, workdir: str, batches: Iterator[Batch], settings: LoopSettings,

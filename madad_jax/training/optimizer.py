@@ -81,12 +81,12 @@ def _whole(value: float, name: str) -> int:
 
 
 def lr_schedule(tcfg, steps_per_epoch: int | None = None) -> optax.Schedule:
-    """The schedule `train.lr_schedule` names ("per_step" when the key is absent).
+    """The schedule `train.lr_schedule` names.
 
     "reference" needs `steps_per_epoch`; its epoch count is `train.num_epochs`, or
     ceil(num_steps / steps_per_epoch) when that is 0.
     """
-    kind = tcfg.get("lr_schedule", "per_step") if hasattr(tcfg, "get") else "per_step"
+    kind = tcfg.lr_schedule
     if kind not in LR_SCHEDULES:
         raise ValueError(f"train.lr_schedule must be one of {LR_SCHEDULES}, not {kind!r}")
     if kind == "per_step":
@@ -94,10 +94,10 @@ def lr_schedule(tcfg, steps_per_epoch: int | None = None) -> optax.Schedule:
     if steps_per_epoch is None:
         raise ValueError("train.lr_schedule='reference' needs the number of steps per epoch")
     steps_per_epoch = int(steps_per_epoch)
-    epochs = _whole(tcfg.get("num_epochs", 0), "num_epochs")
+    epochs = _whole(tcfg.num_epochs, "num_epochs")
     if epochs <= 0:
         epochs = -(-max(int(tcfg.num_steps), 1) // max(steps_per_epoch, 1))
-    warmup = _whole(tcfg.get("warmup_epochs", 0), "warmup_epochs")
+    warmup = _whole(tcfg.warmup_epochs, "warmup_epochs")
     return reference_lr_schedule(float(tcfg.lr), warmup, epochs, steps_per_epoch)
 
 

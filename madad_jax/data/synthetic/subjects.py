@@ -161,7 +161,7 @@ def specs_from_config(demo: Any) -> tuple[AnatomySpec, LesionSpec]:
         items = dict(cfg.items()) if hasattr(cfg, "items") else dict(cfg)
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in items.items()})
 
-    return build(AnatomySpec, demo.get("anatomy")), build(LesionSpec, demo.get("lesion"))
+    return build(AnatomySpec, demo.anatomy), build(LesionSpec, demo.lesion)
 
 
 def from_config(config: Any, splits: Sequence[str] = ("train", "test")) -> dict[str, dict]:
@@ -176,10 +176,10 @@ def from_config(config: Any, splits: Sequence[str] = ("train", "test")) -> dict[
         seed=demo.seed,
         image_size=config.image_size,
         anatomy=anatomy,
-        modality=demo.get("modality", "T1"),
-        fov_mm=demo.get("fov_mm", 208.0),
-        z_mm=tuple(demo.get("z_mm", (-8.0, 40.0))),
-        slice_mm=demo.get("slice_mm", 3.0),
+        modality=demo.modality,
+        fov_mm=demo.fov_mm,
+        z_mm=tuple(demo.z_mm),
+        slice_mm=demo.slice_mm,
     )
     out = {}
     for split in splits:
