@@ -76,23 +76,36 @@ def compute_loss(
     config,
     train: bool = True,
     dropout_key: jax.Array | None = None,
+    weight: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The joint loss `MSE(x0) + w * mask_loss` given the batch's draws (means over the batch)."""
+    """The joint loss `MSE(x0) + w * mask_loss` given the batch's draws (means over the batch).
+
+    With `weight` (B,) the means are over the samples of weight 1 only: a padded partial
+    batch (exact epochs) then gives the loss and gradients of its real samples alone.
+    """
     dcfg = config.diffusion
     if dropout_key is None:
         dropout_key = jax.random.key(0)
     _, x0_hat, logit = predict(apply_fn, params, z0, draws, dcfg.num_steps, train, dropout_key)
     clean = draws.clean
-    mse = jnp.mean((z0 - x0_hat.astype(jnp.float32)) ** 2)
-    m_loss = mask_loss(logit, clean, dcfg.mask_loss)
+    if weight is None:
+        mse = jnp.mean((z0 - x0_hat.astype(jnp.float32)) ** 2)
+        m_loss = mask_loss(logit, clean, dcfg.mask_loss)
+        acc = jnp.mean((logit > 0) == (clean > 0.5))
+        noised = 1.0 - jnp.mean(clean)
+    else:
+        per = per_sample_losses(z0, x0_hat, logit, clean, dcfg)
+        w = weight.astype(jnp.float32)
+        denom = jnp.maximum(jnp.sum(w), 1.0)
+
+        def wmean(x):  # (B, ...) -> the mean over the real samples
+            per_sample = jnp.mean(x.astype(jnp.float32), axis=tuple(range(1, x.ndim)))
+            return jnp.sum(w * per_sample) / denom
+
+        mse, m_loss = wmean(per["mse"][:, None]), wmean(per["mask_loss"][:, None])
+        acc, noised = wmean((logit > 0) == (clean > 0.5)), 1.0 - wmean(clean)
     loss = mse + dcfg.mask_loss_weight * m_loss
-    aux = dict(
-        loss=loss,
-        mse=mse,
-        mask_loss=m_loss,
-        mask_acc=jnp.mean((logit > 0) == (clean > 0.5)),
-        noised_frac=1.0 - jnp.mean(clean),
-    )
+    aux = dict(loss=loss, mse=mse, mask_loss=m_loss, mask_acc=acc, noised_frac=noised)
     return loss, aux
 
 
@@ -104,10 +117,12 @@ def loss_fn(
     key: jax.Array,
     config,
     train: bool = True,
+    weight: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The joint loss on one batch of clean latents z0 (B,h,w,C): `draw`, then `compute_loss`.
 
-    `apply_fn(params, z_t, t, train, rngs)` returns `(x0_hat, clean_logit)`.
+    `apply_fn(params, z_t, t, train, rngs)` returns `(x0_hat, clean_logit)`; `weight` (B,)
+    marks the real samples of a padded batch.
     """
     draws, k_d = draw(key, z0, brainmask, config.diffusion)
-    return compute_loss(apply_fn, params, z0, draws, config, train, k_d)
+    return compute_loss(apply_fn, params, z0, draws, config, train, k_d, weight)

@@ -91,15 +91,17 @@ def _mask2d(mask: jax.Array | None) -> jax.Array | None:
 
 
 def make_train_step(config, tx: optax.GradientTransformation,
-                    norm: LatentNorm | None = None) -> Callable:
+                    norm: LatentNorm | None = None,
+                    steps_per_epoch: int | None = None) -> Callable:
     """The pure `train_step(state, batch) -> (state, metrics)`.
 
     `norm` maps VAE latents to the diffusion's (the run plan's; default: `config`'s own
-    latent_scale / latent_whitening).
+    latent_scale / latent_whitening). A batch with a `weight` (B,) key is a padded partial
+    batch: the loss is the mean over its real samples (exact epochs).
     """
     vae = build_vae(config, dtype=config.model.dtype)
     apply_fn = denoiser_fn(build_denoiser(config))
-    schedule = lr_schedule(config.train)
+    schedule = lr_schedule(config.train, steps_per_epoch)
     norm = LatentNorm.from_config(config) if norm is None else norm
     ema_decay = float(config.train.ema_decay)
 
@@ -108,9 +110,11 @@ def make_train_step(config, tx: optax.GradientTransformation,
         k_post, k_loss = jax.random.split(jax.random.fold_in(state["rng"], step))
         z0 = batch_latents(vae, state["params"]["vae"], batch, k_post, norm)
         brainmask = _mask2d(batch.get("brainmask"))
+        weight = batch.get("weight")
 
         def loss(den):
-            return diffusion.loss_fn(apply_fn, den, z0, brainmask, k_loss, config, train=True)
+            return diffusion.loss_fn(apply_fn, den, z0, brainmask, k_loss, config, train=True,
+                                     weight=weight)
 
         den = state["params"]["denoiser"]
         (_, aux), grads = jax.value_and_grad(loss, has_aux=True)(den)
@@ -124,6 +128,8 @@ def make_train_step(config, tx: optax.GradientTransformation,
                                       state["ema"], den)
         metrics = dict(aux, grad_norm=grad_norm, lr=schedule(step),
                        finite=jnp.isfinite(aux["loss"]) & jnp.isfinite(grad_norm))
+        if weight is not None:
+            metrics["real_samples"] = jnp.sum(weight)
         return new, metrics
 
     return train_step
@@ -150,16 +156,16 @@ class DenoiserTask(ShardedTask):
     """The jitted, sharded init / train / eval functions of the denoiser for one mesh."""
 
     def __init__(self, config, mesh, vae_abstract: Any, vae_params: Any | None = None,
-                 norm: LatentNorm | None = None):
+                 norm: LatentNorm | None = None, steps_per_epoch: int | None = None):
         self.config = config
         self.vae_params = vae_params
-        self.tx = make_optimizer(config.train)
+        self.tx = make_optimizer(config.train, steps_per_epoch)
         super().__init__(mesh, lambda v: init_state(config, v, self.tx),
                          config.mesh.param_sharding, vae_abstract)
         self._vae_sharding = self.shardings["params"]["vae"]
         self._init = jax.jit(lambda v: init_state(config, v, self.tx),
                              in_shardings=(self._vae_sharding,), out_shardings=self.shardings)
-        self.step = self.jit_step(make_train_step(config, self.tx, norm))
+        self.step = self.jit_step(make_train_step(config, self.tx, norm, steps_per_epoch))
         self.eval = jax.jit(make_eval_step(config, norm),
                             in_shardings=(self.shardings["params"], self.batch_sharding,
                                           self.replicated),
@@ -199,6 +205,7 @@ def train_loop(
     val_batches: list[Batch] | None = None,
     mesh=None,
     norm: LatentNorm | None = None,
+    steps_per_epoch: int | None = None,
 ) -> State:
     """Train the denoiser to `train.num_steps`, resuming from `DIR/checkpoints/` if present.
 
@@ -208,7 +215,7 @@ def train_loop(
     """
     mesh = mesh_lib.make_mesh(config) if mesh is None else mesh
     vae_abstract = jax.eval_shape(lambda: init_vae_params(config, jax.random.PRNGKey(0)))
-    task = DenoiserTask(config, mesh, vae_abstract, vae_params, norm)
+    task = DenoiserTask(config, mesh, vae_abstract, vae_params, norm, steps_per_epoch)
     settings = LoopSettings.of("train", checkpoint_dir(workdir), config.train)
     return train(task, workdir, batches, settings, arch=ckpt.arch_from_config(config),
                  config_json=config_json(config), val_batches=val_batches)

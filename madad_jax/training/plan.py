@@ -38,6 +38,7 @@ class RunPlan:
     vae_params: Any | None  # the frozen autoencoder; None on resume (the checkpoint has it)
     norm: LatentNorm
     resuming: bool
+    steps_per_epoch: int  # ceil(training slices / train.batch_size)
 
     @property
     def ckpt_dir(self) -> str:
@@ -60,20 +61,26 @@ def resolved(config, updates: dict[str, Any]) -> ml_collections.FrozenConfigDict
     return ml_collections.FrozenConfigDict(cfg)
 
 
+def slices_in(path: str) -> int:
+    """The number of training slices in the shard set (or latent cache) at `path`."""
+    from madad_jax.data import pipeline
+
+    source, _ = pipeline.open_source(path, "train")
+    return len(source)
+
+
 def epoch_steps(config, path: str) -> dict[str, int]:
     """With `train.num_epochs > 0`: `train.num_steps` / `warmup_steps` from the size of the
     shard set at `path` (ceil(slices / batch) steps per epoch); else no updates."""
     epochs = float(config.train.num_epochs)
     if epochs <= 0:
         return {}
-    from madad_jax.data import pipeline
-
-    source, _ = pipeline.open_source(path, "train")
-    per_epoch = math.ceil(len(source) / int(config.train.batch_size))
+    n = slices_in(path)
+    per_epoch = math.ceil(n / int(config.train.batch_size))
     steps = {"train.num_steps": max(1, round(epochs * per_epoch)),
              "train.warmup_steps": round(float(config.train.warmup_epochs) * per_epoch)}
     if hosts.is_main():
-        print(f"{len(source)} training slices, {per_epoch} steps per epoch: "
+        print(f"{n} training slices, {per_epoch} steps per epoch: "
               f"train.num_steps={steps['train.num_steps']}, "
               f"train.warmup_steps={steps['train.warmup_steps']}", file=sys.stderr)
     return steps
@@ -189,8 +196,9 @@ def make_plan(config, workdir: str) -> RunPlan:
     updates.update({"data.latent_cache": cache, "data.train_path": source})
     frozen = resolved(config, updates)
     _report_norm(frozen)
+    per_epoch = math.ceil(slices_in(cache or source) / int(config.train.batch_size))
     return RunPlan(frozen, workdir, source, cache, vae_params, LatentNorm.from_config(frozen),
-                   resuming)
+                   resuming, per_epoch)
 
 
 def _report_norm(config) -> None:

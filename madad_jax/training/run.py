@@ -30,7 +30,7 @@ def run(config, workdir: str) -> State:
     batches = sources.train_batches(cfg, path, int(cfg.train.batch_size),
                                     latents=bool(plan.latent_cache))
     return train_loop(cfg, workdir, batches, plan.vae_params, sources.validation_batches(cfg),
-                      norm=plan.norm)
+                      norm=plan.norm, steps_per_epoch=plan.steps_per_epoch)
 
 
 def run_autoencoder(config, workdir: str) -> Any:
