@@ -142,12 +142,13 @@ def test_loss_hand_checked_mse_and_bce():
     loss, aux = _loss(zero_model, z0, brain, "mse")
     assert calls[0] == ((3, 8, 8, 4), (3,), True, ["dropout"])
     mse = float(jnp.mean(z0**2))
-    assert float(aux["mse"]) == pytest.approx(mse, rel=1e-6)
+    assert float(aux["mse"]) == pytest.approx(mse, rel=1e-6, abs=1e-6)
     assert float(aux["mask_loss"]) == pytest.approx(0.25, rel=1e-6)  # (m - 0.5)^2 = 0.25
-    assert float(loss) == pytest.approx(mse + 0.001 * 0.25, rel=1e-6)
+    assert float(loss) == pytest.approx(mse + 0.001 * 0.25, rel=1e-6, abs=1e-6)
     loss_bce, aux_bce = _loss(zero_model, z0, brain, "bce")
-    assert float(aux_bce["mask_loss"]) == pytest.approx(np.log(2.0), rel=1e-6)
-    assert float(loss_bce) == pytest.approx(mse + 0.001 * np.log(2.0), rel=1e-6)
+    assert float(aux_bce["mask_loss"]) == pytest.approx(np.log(2.0), rel=1e-6, abs=1e-6)
+    assert float(loss_bce) == pytest.approx(mse + 0.001 * np.log(2.0), rel=1e-6,
+                                              abs=1e-6)
     with pytest.raises(ValueError):
         _loss(zero_model, z0, brain, "hinge")
 

@@ -119,7 +119,7 @@ def test_timestep_embedding_is_cos_then_sin_of_raw_steps():
     emb = np.asarray(timestep_embedding(jnp.array([0, 3]), 6))
     freqs = np.exp(-np.log(10000.0) * np.arange(3) / 3)
     np.testing.assert_allclose(emb[1], np.concatenate([np.cos(3 * freqs), np.sin(3 * freqs)]),
-                               rtol=1e-6)
+                               rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(emb[0], [1, 1, 1, 0, 0, 0])
     assert timestep_embedding(jnp.array([1]), 7).shape == (1, 7)
 
@@ -172,7 +172,9 @@ def test_precision_and_attention_options():
 
     # cuDNN attention takes 16-bit inputs only: float32 attention falls back to XLA.
     q = jax.random.normal(jax.random.key(0), (1, 5, 2, 8))
-    np.testing.assert_allclose(multihead_attention(q, q, q, "cudnn"),
-                               multihead_attention(q, q, q, None), rtol=1e-6)
+    want = multihead_attention(q, q, q, None)
+    # float32 summation order differs between SIMD widths: an absolute floor at the values' scale
+    np.testing.assert_allclose(multihead_attention(q, q, q, "cudnn"), want, rtol=1e-6,
+                               atol=1e-6 * float(jnp.abs(want).max()))
     with pytest.raises(ValueError):
         attention_impl("flash")

@@ -49,7 +49,7 @@ def test_two_processes_equal_one(tmp_path):
 
     a, b = np.load(two), np.load(one)
     assert set(a.files) == set(b.files)
-    np.testing.assert_allclose(a["losses"], b["losses"], rtol=1e-6, atol=0)
+    np.testing.assert_allclose(a["losses"], b["losses"], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(a["grad_norms"], b["grad_norms"], rtol=1e-5, atol=0)
     assert a["losses"][-1] < a["losses"][0]  # the steps did train
     for k in a.files:

@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from madad_jax.config import UNET_PRESETS, medical_vae, unet
 from madad_jax.core import checkpoint
 from madad_jax.models import UNET_KEYS, VAE_KEYS, unet_kwargs, vae_kwargs
+from madad_jax.models.presets import UNET_PRESETS, medical_vae, unet
 from madad_jax.models.unet import UNet
 from madad_jax.models.vae import AutoencoderKL
 

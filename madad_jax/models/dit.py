@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from madad_jax.models.layers import Dtype, multihead_attention, timestep_embedding
+from madad_jax.models.blocks import time_embedding_mlp
+from madad_jax.models.layers import Dtype, multihead_attention
 
 FREQ_EMBED_DIM = 256
 LN_EPS = 1e-6
@@ -126,11 +127,8 @@ class DiT(nn.Module):
                     kernel_init=patch_init, name="x_embedder")(z_t.astype(self.dtype))
         x = x.reshape(b, gh * gw, d).astype(jnp.float32) + sincos_pos_embed(d, gh, gw)[None]
 
-        t = jnp.broadcast_to(jnp.asarray(t), (b,))
-        normal = nn.initializers.normal(0.02)
-        c = timestep_embedding(t, FREQ_EMBED_DIM)
-        c = nn.Dense(d, kernel_init=normal, name="t_embedder_0")(c)
-        c = nn.Dense(d, kernel_init=normal, name="t_embedder_2")(nn.silu(c))
+        c = time_embedding_mlp(t, b, FREQ_EMBED_DIM, d, ("t_embedder_0", "t_embedder_2"),
+                               kernel_init=nn.initializers.normal(0.02))
 
         block_kw = dict(hidden_size=d, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
                         dropout=self.dropout, train=train, dtype=self.dtype,

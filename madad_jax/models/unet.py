@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from madad_jax.models.blocks import ResidualNames, Upsample, residual_core, time_embedding_mlp
 from madad_jax.models.layers import (
     Dtype,
     GroupNorm,
@@ -19,11 +20,11 @@ from madad_jax.models.layers import (
     dense,
     matmul_precision,
     multihead_attention,
-    timestep_embedding,
-    upsample_nearest2x,
 )
 
 UNET_EPS = 1e-5
+RES_NAMES = ResidualNames("in_layers_0", "in_layers_2", "out_layers_0", "out_layers_3",
+                          "skip_connection")
 
 
 class ResBlock(nn.Module):
@@ -35,16 +36,14 @@ class ResBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, emb: jax.Array, train: bool = False) -> jax.Array:
-        h = nn.silu(GroupNorm(UNET_EPS, dtype=self.dtype, name="in_layers_0")(x))
-        h = conv(self.out_channels, 3, dtype=self.dtype, name="in_layers_2")(h)
-        e = dense(self.out_channels, self.dtype, "emb_layers_1")(nn.silu(emb).astype(self.dtype))
-        h = h + e[:, None, None, :].astype(h.dtype)
-        h = nn.silu(GroupNorm(UNET_EPS, dtype=self.dtype, name="out_layers_0")(h))
-        h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = conv(self.out_channels, 3, dtype=self.dtype, name="out_layers_3", zero_init=True)(h)
-        if x.shape[-1] != self.out_channels:
-            x = conv(self.out_channels, 1, padding=0, dtype=self.dtype, name="skip_connection")(x)
-        return x + h
+        def add_emb(h: jax.Array) -> jax.Array:
+            e = dense(self.out_channels, self.dtype, "emb_layers_1")(
+                nn.silu(emb).astype(self.dtype))
+            return h + e[:, None, None, :].astype(h.dtype)
+
+        return residual_core(x, self.out_channels, RES_NAMES, epsilon=UNET_EPS,
+                             dropout=self.dropout, train=train, dtype=self.dtype,
+                             zero_init_out=True, condition=add_emb)
 
 
 class AttentionBlock(nn.Module):
@@ -80,14 +79,6 @@ class Downsample(nn.Module):
         return conv(x.shape[-1], 3, stride=2, dtype=self.dtype, name="op")(x)
 
 
-class Upsample(nn.Module):
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return conv(x.shape[-1], 3, dtype=self.dtype, name="conv")(upsample_nearest2x(x))
-
-
 class UNet(nn.Module):
     """`UNet()(z_t, t, train) -> (x0_hat, clean_logit)`.
 
@@ -117,10 +108,7 @@ class UNet(nn.Module):
 
     def _forward(self, z_t: jax.Array, t: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
         mc, dt = self.model_channels, self.dtype
-        t = jnp.broadcast_to(jnp.asarray(t), (z_t.shape[0],))
-        emb = timestep_embedding(t, mc)
-        emb = dense(4 * mc, jnp.float32, "time_embed_0")(emb)
-        emb = dense(4 * mc, jnp.float32, "time_embed_2")(nn.silu(emb))
+        emb = time_embedding_mlp(t, z_t.shape[0], mc, 4 * mc, ("time_embed_0", "time_embed_2"))
 
         def res(h, ch, name):
             return ResBlock(ch, self.dropout, dt, name=name)(h, emb, train)

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from madad_jax.models.blocks import ResidualNames, Upsample, residual_core
 from madad_jax.models.layers import (
     Dtype,
     GroupNorm,
@@ -19,10 +20,10 @@ from madad_jax.models.layers import (
     dense,
     matmul_precision,
     multihead_attention,
-    upsample_nearest2x,
 )
 
 VAE_EPS = 1e-6
+RES_NAMES = ResidualNames("norm1", "conv1", "norm2", "conv2", "nin_shortcut")
 
 
 def _norm(dtype: Dtype, name: str) -> GroupNorm:
@@ -38,14 +39,8 @@ class ResnetBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        h = nn.silu(_norm(self.dtype, "norm1")(x))
-        h = conv(self.out_channels, 3, dtype=self.dtype, name="conv1")(h)
-        h = nn.silu(_norm(self.dtype, "norm2")(h))
-        h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = conv(self.out_channels, 3, dtype=self.dtype, name="conv2")(h)
-        if x.shape[-1] != self.out_channels:
-            x = conv(self.out_channels, 1, padding=0, dtype=self.dtype, name="nin_shortcut")(x)
-        return x + h
+        return residual_core(x, self.out_channels, RES_NAMES, epsilon=VAE_EPS,
+                             dropout=self.dropout, train=train, dtype=self.dtype)
 
 
 class AttnBlock(nn.Module):
@@ -74,16 +69,6 @@ class Downsample(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         return conv(x.shape[-1], 3, stride=2, padding=((0, 1), (0, 1)), dtype=self.dtype,
                     name="conv")(x)
-
-
-class Upsample(nn.Module):
-    """Nearest-neighbour 2x, then a 3x3 conv."""
-
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return conv(x.shape[-1], 3, dtype=self.dtype, name="conv")(upsample_nearest2x(x))
 
 
 class Level(nn.Module):
