@@ -13,8 +13,8 @@ import ml_collections
 from madad_jax.models.presets import DIT_PRESETS, UNET_PRESETS, dit, medical_vae, unet
 
 # Re-exported: configs/*.py build their configs from these.
-__all__ = ["BRATS_MODALITIES", "DIT_PRESETS", "UNET_PRESETS", "brats_setup", "default_config",
-           "dit", "medical_vae", "paper_setup", "unet"]
+__all__ = ["DIT_PRESETS", "UNET_PRESETS", "default_config", "demo_data", "dit", "medical_vae",
+           "unet"]
 
 
 def demo_data() -> ml_collections.ConfigDict:
