@@ -78,12 +78,15 @@ def training_source(config, workdir: str) -> str:
     raise ValueError(f"config.data.kind must be arrayrecord | demo | png, not {kind!r}")
 
 
-def train_batches(config, path: str, batch_size: int, latents: bool = False):
+def train_batches(config, path: str, batch_size: int, latents: bool = False,
+                  exact_epochs: bool = False):
     """This process's share of each global training batch of `path` (a shard set, or a
-    latent cache of posterior moments when `latents`), as a checkpointable iterator."""
+    latent cache of posterior moments when `latents`), as a checkpointable iterator; in
+    exact epochs with a `weight` per row when `exact_epochs` (see `pipeline.make_dataset`)."""
     from madad_jax.data import pipeline
 
-    return iter(pipeline.batches_of(path, config.data, int(batch_size), latents=latents))
+    return iter(pipeline.batches_of(path, config.data, int(batch_size), latents=latents,
+                                    exact_epochs=exact_epochs))
 
 
 def validation_batches(config) -> list[Batch] | None:
