@@ -303,11 +303,15 @@ def _png_unit(stem, modality: str) -> Unit:
     return Unit(key=name, subject=subject, inputs=inputs)
 
 
-def png_records(unit: Unit, modality: str, image_size: int, with_segmentation: bool) -> list[dict]:
+def png_records(
+    unit: Unit, modality: str, image_size: int, with_segmentation: bool,
+    *, keep_empty_brainmask: bool = False,
+) -> list[dict]:
     """The record of one reference PNG slice (identical to `png.read_slice`'s arrays)."""
     image_path = dict(unit.inputs)["image"]
     stem = png.Path(image_path[: -len(f"-{modality}.png")])
-    s = png.read_slice(stem, modality, image_size, with_segmentation)
+    s = png.read_slice(stem, modality, image_size, with_segmentation,
+                       keep_empty_brainmask=keep_empty_brainmask)
     tail = unit.key.rsplit("-slice_", 1)
     index = int(tail[1]) if len(tail) == 2 and tail[1].isdigit() else -1
     row = {
@@ -338,8 +342,13 @@ def convert_png(
     slices_per_shard: int = 1024,
     bad_input: str = "skip",
     progress: bool = True,
+    keep_empty_brainmask: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Convert the reference's PNG layout; splits whose folder is absent are left out."""
+    """Convert the reference's PNG layout; splits whose folder is absent are left out.
+
+    Slices with an empty brain mask are bad input unless `keep_empty_brainmask` (then they
+    are kept as the reference's loader yields them: image -1, brain mask 0).
+    """
     check_policy(bad_input)
     root, out = os.fspath(root), os.fspath(output_dir)
     _check_root(root)
@@ -355,8 +364,13 @@ def convert_png(
         with_seg = any(role == "segmentation" for u in units for role, _ in u.inputs)
         settings = {"source": "png", "modality": modality, "image_size": image_size,
                     "segmentation": with_seg}
+        if keep_empty_brainmask:  # only when set, so default manifests stay as they were
+            settings["keep_empty_brainmask"] = True
         manifests[split] = write_shard_set(
-            units, lambda u, w=with_seg: png_records(u, modality, image_size, w), out, split,
+            units,
+            lambda u, w=with_seg: png_records(u, modality, image_size, w,
+                                              keep_empty_brainmask=keep_empty_brainmask),
+            out, split,
             units_per_shard=slices_per_shard, settings=settings, bad_input=bad_input,
             progress=progress,
         )
@@ -400,6 +414,8 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("png", parents=[common], help="the reference's PNG layout")
     g.add_argument("--splits", default="train,val,test")
     g.add_argument("--slices-per-shard", type=int, default=1024)
+    g.add_argument("--keep-empty-brainmask", action="store_true",
+                   help="keep slices whose brain mask is empty (as the reference does)")
     return p
 
 
@@ -428,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.input, args.output, modality=args.modality, image_size=args.image_size,
                 splits=[s for s in args.splits.split(",") if s],
                 slices_per_shard=args.slices_per_shard, bad_input=args.bad_input,
-                progress=not args.no_progress,
+                progress=not args.no_progress, keep_empty_brainmask=args.keep_empty_brainmask,
             )
     except (BadInputError, ValueError) as err:
         if args.verbose:

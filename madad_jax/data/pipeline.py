@@ -1,7 +1,8 @@
 """grain input pipelines over ArrayRecord shard sets, and global batches for a JAX mesh.
 
 Training: source -> per-process slice -> shuffle (reshuffled every epoch) -> repeat ->
-decode -> augment (numpy) -> batch -> optional multiprocess prefetch. A training batch is
+decode -> augment (numpy) -> batch -> optional multiprocess prefetch; or, with
+`exact_epochs`, the reference's exact epochs (`epochs.ExactEpochBatches`). A training batch is
 `{"image": (B,H,W,1) float32 in [-1,1], "brainmask": (B,H,W,1) float32}`, plus
 `"latent_mean"` / `"latent_logvar"` (B,h,w,4) when reading a latent cache (which turns
 augmentation off: the cached moments belong to the unaugmented slices).
@@ -21,7 +22,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from madad_jax.data import records
+from madad_jax.data import epochs, records
 from madad_jax.data.augment import AugmentOptions, augment_slice
 from madad_jax.data.errors import BadInputError
 
@@ -127,9 +128,25 @@ def make_dataset(
     process_count: int = 1,
     shuffle: bool = True,
     repeat: bool = True,
+    exact_epochs: bool = False,
 ) -> grain.IterDataset:
-    """A batched IterDataset of this process's share of `path` (batch_size per process)."""
+    """A batched IterDataset of this process's share of `path` (batch_size per process).
+
+    By default each process reads its own 1/process_count of the slices, batches run across
+    epoch boundaries and the remainder is dropped. With `exact_epochs` every process reads
+    its rows of the same global batches (`epochs.ExactEpochBatches`: batch_size *
+    process_count slices, the last of each epoch padded and weighted 0, a `weight` key in
+    every batch); `seed` must then be the same on every process.
+    """
     source, _ = open_source(path, split)
+    if exact_epochs:
+        aug = Augment(augment_opts or AugmentOptions()) if augment and not latents else None
+        ds = epochs.exact_epoch_dataset(
+            source, batch_size * process_count, decode=DecodeTrain(with_latents=latents),
+            augment=aug, seed=seed, shuffle=shuffle, num_epochs=None if repeat else 1,
+            process_index=process_index, process_count=process_count,
+        )
+        return prefetch(ds, num_workers)
     if len(source) < process_count:
         raise BadInputError(path, f"{len(source)} slices cannot feed {process_count} processes")
     ds = grain.MapDataset.source(source)[process_index::process_count]
@@ -141,6 +158,12 @@ def make_dataset(
     if augment and not latents:
         ds = ds.random_map(Augment(augment_opts or AugmentOptions()), seed=(seed + 1) % 2**32)
     return prefetch(ds.batch(batch_size, drop_remainder=True).to_iter_dataset(), num_workers)
+
+
+def steps_per_epoch(path: str | os.PathLike, global_batch: int, split: str = "train") -> int:
+    """Global batches in one exact epoch of `path`: ceil(slices / global_batch)."""
+    source, _ = open_source(path, split)
+    return epochs.steps_in_epoch(len(source), int(global_batch))
 
 
 def prefetch(ds: grain.IterDataset, num_workers: int) -> grain.IterDataset:
@@ -176,11 +199,13 @@ def train_dataset(
 def batches_of(
     path: str | os.PathLike, data_cfg: Any, global_batch: int, *, split: str = "train",
     latents: bool = False, process_index: int | None = None, process_count: int | None = None,
+    exact_epochs: bool = False,
 ) -> grain.IterDataset:
     """Training batches of the shard set (or latent cache) at `path`, as `data_cfg` says.
 
-    Each process gets global_batch // process_count slices per batch, from its own
-    1/process_count of the data.
+    Each process gets global_batch // process_count slices per batch: from its own
+    1/process_count of the data, or with `exact_epochs` its rows of global batches that
+    walk exact epochs (every process shuffling with the same seed; see `make_dataset`).
     """
     pi, pc = _process(process_index, process_count)
     if global_batch % pc:
@@ -188,10 +213,11 @@ def batches_of(
     d = data_cfg
     return make_dataset(
         path, global_batch // pc, split=split,
-        seed=int(d.shuffle_seed) + 1000003 * pi,
+        seed=int(d.shuffle_seed) + (0 if exact_epochs else 1000003 * pi),
         augment=bool(d.augment) and split == "train",
         augment_opts=augment_options(d), latents=latents,
         num_workers=int(d.num_workers), process_index=pi, process_count=pc,
+        exact_epochs=exact_epochs,
     )
 
 

@@ -66,9 +66,14 @@ def list_slices(root: str | os.PathLike, split: str, modality: str) -> list[Path
 
 
 def read_slice(
-    stem: Path, modality: str, image_size: int, with_segmentation: bool
+    stem: Path, modality: str, image_size: int, with_segmentation: bool,
+    *, keep_empty_brainmask: bool = False,
 ) -> dict[str, np.ndarray]:
-    """One slice as the reference's test loader yields it (before batching)."""
+    """One slice as the reference's test loader yields it (before batching).
+
+    A slice whose resized brain mask is empty is refused unless `keep_empty_brainmask`; then
+    it is kept as the reference keeps it: image -1 everywhere, brain mask all 0.
+    """
     paths = slice_paths(stem, modality)
     img, size = _read_gray(paths["image"], image_size)
     mask, mask_size = _read_gray(paths["brainmask"], image_size)
@@ -78,7 +83,7 @@ def read_slice(
         )
     img = img.copy()
     img[mask == 0] = 0
-    if not mask.any():
+    if not mask.any() and not keep_empty_brainmask:
         raise BadInputError(paths["brainmask"], "empty brain mask")
     out = {
         # Same float32 operations, in the same order, as the reference's loader.
@@ -103,13 +108,15 @@ def read_reference_split(
     image_size: int,
     *,
     bad_input: str = "stop",
+    keep_empty_brainmask: bool = False,
 ) -> dict:
     """Read every slice of one split of the reference's PNG layout.
 
     Returns images (N,H,W,1) float32 in [-1,1], brainmasks (N,H,W) float32 in {0,1},
     segmentations (N,H,W) int32 in {0,1} (None when the split has no segmentation files) and
     names (file names without `-{MODALITY}.png`, sorted). Bad files raise BadInputError, or
-    with `bad_input="skip"` are logged and left out.
+    with `bad_input="skip"` are logged and left out; a slice with an empty brain mask is
+    bad unless `keep_empty_brainmask` (see `read_slice`).
     """
     check_policy(bad_input)
     stems = list_slices(root, split, modality)
@@ -117,7 +124,11 @@ def read_reference_split(
     with_seg = any(has_seg)
     rows, names = [], []
     for stem in stems:
-        row = apply_policy(lambda s=stem: read_slice(s, modality, image_size, with_seg), bad_input)
+        row = apply_policy(
+            lambda s=stem: read_slice(s, modality, image_size, with_seg,
+                                      keep_empty_brainmask=keep_empty_brainmask),
+            bad_input,
+        )
         if row is not None:
             rows.append(row)
             names.append(stem.name)

@@ -48,6 +48,11 @@ def demo_shards(config, workdir: str) -> str:
     return shard
 
 
+def keep_empty_brainmask(config) -> bool:
+    """`config.data.keep_empty_brainmask` (False where the config predates the key)."""
+    return bool(config.data.get("keep_empty_brainmask", False))
+
+
 def png_shards(config, workdir: str) -> str:
     """The reference's PNG `train/` split converted (once, resumably) into `DIR/data/png/`."""
     from madad_jax.data import convert
@@ -56,7 +61,8 @@ def png_shards(config, workdir: str) -> str:
     if hosts.is_main():
         convert.convert_png(config.data.png_root, out, modality=config.data.modality,
                             image_size=int(config.image_size), splits=("train",),
-                            bad_input=config.data.bad_input, progress=False)
+                            bad_input=config.data.bad_input, progress=False,
+                            keep_empty_brainmask=keep_empty_brainmask(config))
     hosts.sync("png_shards")
     return os.path.join(out, "train.manifest.json")
 
@@ -78,12 +84,15 @@ def training_source(config, workdir: str) -> str:
     raise ValueError(f"config.data.kind must be arrayrecord | demo | png, not {kind!r}")
 
 
-def train_batches(config, path: str, batch_size: int, latents: bool = False):
+def train_batches(config, path: str, batch_size: int, latents: bool = False,
+                  exact_epochs: bool = False):
     """This process's share of each global training batch of `path` (a shard set, or a
-    latent cache of posterior moments when `latents`), as a checkpointable iterator."""
+    latent cache of posterior moments when `latents`), as a checkpointable iterator; in
+    exact epochs with a `weight` per row when `exact_epochs` (see `pipeline.make_dataset`)."""
     from madad_jax.data import pipeline
 
-    return iter(pipeline.batches_of(path, config.data, int(batch_size), latents=latents))
+    return iter(pipeline.batches_of(path, config.data, int(batch_size), latents=latents,
+                                    exact_epochs=exact_epochs))
 
 
 def validation_batches(config) -> list[Batch] | None:
@@ -117,7 +126,8 @@ def eval_slices(config, split: str) -> dict[str, Any] | None:
         if split != "test" and not os.path.isdir(os.path.join(d.png_root, name)):
             return None
         return read_reference_split(d.png_root, name, d.modality, int(config.image_size),
-                                    bad_input=d.bad_input)
+                                    bad_input=d.bad_input,
+                                    keep_empty_brainmask=keep_empty_brainmask(config))
     if kind == "demo":
         from madad_jax.data import synthetic
 
