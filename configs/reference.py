@@ -16,6 +16,7 @@ stored architecture replaces the one given here, so imported checkpoints of othe
 
 import ml_collections
 
+from configs.common import reference_recipe
 from madad_jax.config import default_config, medical_vae, unet
 
 
@@ -38,4 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.augment = False
     c.evaluate.protocols = ("slice",)
     c.evaluate.batch_size = 16
-    return c
+    # Training with this file follows the authors' recipe (lr 4e-5, 200 epochs, 10 warm-up).
+    c.train.update(dict(batch_size=96, lr=4e-5, weight_decay=1e-4, num_epochs=200.0,
+                        warmup_epochs=10.0))
+    return reference_recipe(c)

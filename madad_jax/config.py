@@ -75,6 +75,9 @@ def default_config() -> ml_collections.ConfigDict:
             brain_threshold=0.9,
             mask_loss="mse",  # mse (reference code) | bce (paper)
             mask_loss_weight=0.001,
+            # The reference's validation masking (train.validation=reference).
+            val_patch_probs=(0.3, 0.3, 0.2, 0.2),
+            val_max_noised_frac=0.3,
         )
     )
 
@@ -118,6 +121,7 @@ def default_config() -> ml_collections.ConfigDict:
             num_workers=0,
             shuffle_seed=0,
             bad_input="skip",  # skip | stop
+            keep_empty_brainmask=False,  # keep slices whose brain mask is empty (the reference)
         )
     )
     c.data.demo = demo_data()
@@ -134,6 +138,17 @@ def default_config() -> ml_collections.ConfigDict:
             # per_step: the schedule above, per step | reference: the authors' warm-up +
             # cosine stepped once per epoch (num_epochs, warmup_epochs; horizon 1.2 x epochs)
             lr_schedule="per_step",
+            # True: each epoch is a fresh shuffle of every slice, its last batch partial
+            # (zero-weight padding keeps the shape), as the reference trains; False: one
+            # stream of full batches across epoch boundaries, the remainder dropped.
+            exact_epochs=False,
+            # batches: `val_batches` fixed batches of data.val_path, one best copy by total
+            # loss | reference: the whole val split every `val_every_epochs` epochs with the
+            # reference's validation masking and seed, best copies by val MSE and by val mask
+            # loss (DIR/best_mse, DIR/best_mask_prediction).
+            validation="batches",
+            val_every_epochs=10,
+            val_seed=0,
             ema=False,
             ema_decay=0.9999,
             grad_clip=0.0,  # 0: none (reference)
@@ -189,7 +204,11 @@ def default_config() -> ml_collections.ConfigDict:
             size_edges_volume=(),
             volume_threshold=-1.0,  # per-volume protocol: < 0 = best Dice on the val split
             baseline=True,  # also score an intensity-threshold detector (evaluation.baseline)
+            num_panels=4,  # slices shown in DIR/evaluate/panels.png
             use_ema=True,  # the denoiser's EMA weights, when the checkpoint has them (train.ema)
+            # Which checkpoint of a training run: latest | best_mse | best_mask_prediction
+            # (train.validation=reference) | best_loss (train.validation=batches).
+            checkpoint="latest",
         )
     )
 

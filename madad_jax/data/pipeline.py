@@ -193,7 +193,8 @@ def train_dataset(
     if not path:
         raise ValueError(f"config.data.{'val' if split == 'val' else 'train'}_path is empty")
     return batches_of(path, d, int(config.train.batch_size), split=split, latents=latents,
-                      process_index=process_index, process_count=process_count)
+                      process_index=process_index, process_count=process_count,
+                      exact_epochs=bool(config.train.exact_epochs))
 
 
 def batches_of(

@@ -49,8 +49,8 @@ def demo_shards(config, workdir: str) -> str:
 
 
 def keep_empty_brainmask(config) -> bool:
-    """`config.data.keep_empty_brainmask` (False where the config predates the key)."""
-    return bool(config.data.get("keep_empty_brainmask", False))
+    """`config.data.keep_empty_brainmask`: keep slices whose brain mask is empty."""
+    return bool(config.data.keep_empty_brainmask)
 
 
 def png_shards(config, workdir: str) -> str:

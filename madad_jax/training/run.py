@@ -28,7 +28,8 @@ def run(config, workdir: str) -> State:
     cfg = plan.config
     path = plan.latent_cache or plan.source
     batches = sources.train_batches(cfg, path, int(cfg.train.batch_size),
-                                    latents=bool(plan.latent_cache))
+                                    latents=bool(plan.latent_cache),
+                                    exact_epochs=bool(cfg.train.exact_epochs))
     return train_loop(cfg, workdir, batches, plan.vae_params, sources.validation_batches(cfg),
                       norm=plan.norm, steps_per_epoch=plan.steps_per_epoch)
 
