@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from typing import Any
 
@@ -29,7 +28,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from madad_jax.core import checkpoint
+from madad_jax.core import checkpoint, files
 from madad_jax.evaluation import metrics
 from madad_jax.sampling import anomaly, inferencer, loading
 
@@ -160,36 +159,7 @@ def _volume_protocol(config, workdir, models, params, test, maps) -> tuple[dict,
                               None if threshold < 0 else threshold, edges=edges)
 
 
-def _finite(x: Any) -> Any:
-    """JSON-safe: NaN/inf become null, numpy scalars plain numbers."""
-    if isinstance(x, dict):
-        return {str(k): _finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
 # ---------------------------------------------------------------------------- writing
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def write_results(out_dir: str, result: dict[str, Any], maps: np.ndarray,
@@ -197,9 +167,9 @@ def write_results(out_dir: str, result: dict[str, Any], maps: np.ndarray,
     os.makedirs(out_dir, exist_ok=True)
     buf = io.BytesIO()
     np.savez(buf, anomaly_maps=maps.astype(np.float32), names=np.asarray(names, dtype=str))
-    _write_atomic(os.path.join(out_dir, "anomaly_maps.npz"), buf.getvalue())
-    text = json.dumps(_finite(result), indent=2, allow_nan=False) + "\n"
-    _write_atomic(os.path.join(out_dir, "metrics.json"), text.encode())
+    files.atomic_write(os.path.join(out_dir, "anomaly_maps.npz"), buf.getvalue())
+    files.write_json_atomic(os.path.join(out_dir, "metrics.json"), files.to_json(result),
+                            indent=2, sort_keys=False, allow_nan=False)
 
 
 PANELS = "panels.png"
@@ -297,6 +267,6 @@ def run(config, workdir: str) -> dict[str, Any]:
         write_panels(os.path.join(out_dir, PANELS), test, outputs,
                      int(config.evaluate.get("num_panels", NUM_PANELS)))
         summary = {k: result.get(k) for k in ("max_dice", "f1_max", "auroc", "ap")}
-        print(f"evaluate: {len(maps)} slices, {json.dumps(_finite(summary))} -> {out_dir}",
-              flush=True)
+        shown = json.dumps(files.to_json(summary))
+        print(f"evaluate: {len(maps)} slices, {shown} -> {out_dir}", flush=True)
     return result
