@@ -18,19 +18,16 @@ from __future__ import annotations
 import io
 import json
 import logging
-import math
 import os
 import time
 from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from madad_jax.core import checkpoint, files
 from madad_jax.evaluation import metrics
-from madad_jax.sampling import anomaly, inferencer, loading
+from madad_jax.sampling import inferencer, loading
 
 log = logging.getLogger("madad_jax.evaluation.evaluate")
 
@@ -95,12 +92,6 @@ def _sorted(data: dict[str, Any], limit: int = 0) -> dict[str, Any]:
 # -------------------------------------------------------------------------- inference
 
 
-def local_batch_sharding() -> tuple[NamedSharding, NamedSharding]:
-    """(batch, replicated) shardings over this process's devices."""
-    mesh = Mesh(np.asarray(jax.local_devices()), ("batch",))
-    return NamedSharding(mesh, P("batch")), NamedSharding(mesh, P())
-
-
 def compute_maps(config, models: loading.Models, params: Any, images: np.ndarray,
                  progress: bool = True) -> np.ndarray:
     """(N,H,W) float32 anomaly maps with `config.sample`, batched over the local devices."""
@@ -110,18 +101,12 @@ def compute_maps(config, models: loading.Models, params: Any, images: np.ndarray
 def compute_outputs(config, models: loading.Models, params: Any, images: np.ndarray,
                     keys: tuple[str, ...] = ("anomaly_map",),
                     progress: bool = True) -> dict[str, np.ndarray]:
-    """The sampler's outputs named by `keys` (see `anomaly.make_infer_fn`) for every image;
-    `anomaly_map` comes back as float32."""
-    n_dev = jax.local_device_count()
+    """The sampler's outputs named by `keys` (see `anomaly.make_infer_fn`) for every image,
+    batched over the local devices; `anomaly_map` comes back as float32."""
     bs = int(config.evaluate.get("batch_size", 0) or config.sample.batch_size)
-    bs = min(bs, len(images))
-    bs = n_dev * math.ceil(bs / n_dev)
-    batch_sh, repl = local_batch_sharding()
-    params = jax.device_put(params, repl)
-    infer = anomaly.make_infer_fn(models.vae, models.denoiser, config)
-    key = jax.random.key(int(config.sample.seed))
-    out = inferencer.run_batches(infer, params, images, bs, key, keys=tuple(keys),
-                             progress=progress, sharding=batch_sh)
+    infer = inferencer.inferencer(config, models)
+    out = infer(params, images, jax.random.key(int(config.sample.seed)), bs, keys=tuple(keys),
+                progress=progress, all_devices=True)
     if "anomaly_map" in out:
         out["anomaly_map"] = out["anomaly_map"].astype(np.float32)
     return out
