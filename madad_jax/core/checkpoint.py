@@ -4,6 +4,13 @@ A checkpoint directory is an Orbax `CheckpointManager` directory. Every step hol
 the items `params` (a pytree `{"vae": ..., "denoiser": ...}`) and `arch` (JSON: the
 `image_size`, `latent_scale`, `latent_whitening`, `vae` and `model` config sub-trees).
 Training checkpoints add their own items (optimizer state, EMA, data iterator, ...) beside these.
+
+The API, by use:
+- architecture: `arch_from_config`, `apply_arch`, `load_arch`;
+- params-only checkpoints: `save_params`, `load_params`, `latest_step`;
+- training state: `train_manager`, `save_train_state`, `restore_train_state`, `step_items`;
+- inference: `find_directory`, `restore_inference` (params, arch, run config, EMA weights);
+- the best-validation copy: `best_manager`, `save_best`, `best_loss`.
 """
 
 from __future__ import annotations
@@ -11,13 +18,16 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import math
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+
+from madad_jax.core.files import to_json
 
 ARCH_KEYS = ("image_size", "latent_scale", "latent_whitening", "vae", "model")
 
@@ -30,7 +40,7 @@ def arch_from_config(config) -> dict[str, Any]:
         if v is None:
             continue
         out[k] = v.to_dict() if hasattr(v, "to_dict") else v
-    return _jsonable(out)
+    return to_json(out)
 
 
 def apply_arch(config, arch: dict[str, Any]) -> None:
@@ -40,7 +50,7 @@ def apply_arch(config, arch: dict[str, Any]) -> None:
             if k not in arch:
                 continue
             if isinstance(arch[k], dict) and k in config:
-                config[k].update(_tuplify(arch[k]))
+                config[k].update(tuplify(arch[k]))
             else:
                 config[k] = arch[k]
 
@@ -64,7 +74,7 @@ def save_params(directory: str, params: Any, arch: dict[str, Any], step: int = 0
             step,
             args=ocp.args.Composite(
                 params=ocp.args.StandardSave(params),
-                arch=ocp.args.JsonSave(_jsonable(arch)),
+                arch=ocp.args.JsonSave(to_json(arch)),
             ),
             force=True,
         )
@@ -80,28 +90,24 @@ def latest_step(directory: str) -> int | None:
 
 def load_params(directory: str, step: int | None = None) -> tuple[Any, dict[str, Any]]:
     """Restore `(params, arch)` as numpy pytrees, without any training code."""
-    _require_dir(directory)
-    with manager(directory) as mngr:
-        step = mngr.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"{directory}: no checkpoint found")
-        out = mngr.restore(
-            step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(), arch=ocp.args.JsonRestore()
-            ),
-        )
+    _, out = _restore(directory, step, params=ocp.args.StandardRestore(),
+                      arch=ocp.args.JsonRestore())
     return out["params"], out["arch"]
 
 
 def load_arch(directory: str, step: int | None = None) -> dict[str, Any]:
     """Only the `arch` item of a checkpoint (no arrays are read)."""
+    return _restore(directory, step, arch=ocp.args.JsonRestore())[1]["arch"]
+
+
+def _restore(directory: str, step: int | None, **items) -> tuple[int, Any]:
+    """`(step, restored items)` at `step` (default: the latest) of an existing directory."""
     _require_dir(directory)
     with manager(directory) as mngr:
         step = mngr.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"{directory}: no checkpoint found")
-        return mngr.restore(step, args=ocp.args.Composite(arch=ocp.args.JsonRestore()))["arch"]
+        return step, mngr.restore(step, args=ocp.args.Composite(**items))
 
 
 def _require_dir(directory: str) -> None:
@@ -110,21 +116,11 @@ def _require_dir(directory: str) -> None:
         raise FileNotFoundError(f"{directory}: no such checkpoint directory")
 
 
-def _jsonable(x: Any) -> Any:
+def tuplify(x: Any) -> Any:
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.generic):
-        return x.item()
-    return x
-
-
-def _tuplify(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _tuplify(v) for k, v in x.items()}
+        return {k: tuplify(v) for k, v in x.items()}
     if isinstance(x, list):
-        return tuple(_tuplify(v) for v in x)
+        return tuple(tuplify(v) for v in x)
     return x
 
 
@@ -235,10 +231,10 @@ def save_train_state(
     items = {k: ocp.args.StandardSave(_wrap(k, v)) for k, v in state.items()
              if k != "step" and v is not None}
     items.update(
-        arch=ocp.args.JsonSave(_jsonable(arch)),
+        arch=ocp.args.JsonSave(to_json(arch)),
         step=ocp.args.JsonSave({"step": int(step)}),
-        config=ocp.args.JsonSave(_jsonable(config_json)),
-        metrics=ocp.args.JsonSave(_jsonable(metrics or {})),
+        config=ocp.args.JsonSave(to_json(config_json)),
+        metrics=ocp.args.JsonSave(to_json(metrics or {})),
     )
     if data_state is not None:
         items["data_iter"] = IteratorStateSave(encode_iterator_state(data_state))
@@ -283,3 +279,121 @@ def restore_train_state(
     state["step"] = int(out["step"]["step"])
     data_state = decode_iterator_state(out["data_iter"]) if "data_iter" in have else None
     return state, data_state
+
+
+# -------------------------------------------------------------------------- inference
+
+
+class CheckpointError(ValueError):
+    """A path that holds no usable checkpoint, with the reason ("PATH: PROBLEM")."""
+
+    def __init__(self, path: str, problem: str):
+        self.path, self.problem = path, problem
+        super().__init__(f"{path}: {problem}")
+
+
+class Restored(NamedTuple):
+    """What inference reads from a checkpoint step."""
+
+    params: Any  # {"vae": ..., "denoiser": ...}, numpy leaves
+    arch: dict[str, Any]
+    config: dict[str, Any] | None  # the run's full config, for training checkpoints
+    directory: str  # the CheckpointManager directory
+    step: int
+    ema: bool = False  # params["denoiser"] holds the EMA weights (train.ema)
+
+
+def find_directory(path: str | os.PathLike) -> str:
+    """The CheckpointManager directory named by `path`: a workdir (its `checkpoints/`) or the
+    checkpoint directory itself. Raises FileNotFoundError or CheckpointError."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.exists(path):
+        raise FileNotFoundError(2, "no such checkpoint or workdir", path)
+    if not os.path.isdir(path):
+        raise CheckpointError(path, "expected a checkpoint directory or a workdir")
+    sub = os.path.join(path, "checkpoints")
+    if os.path.isdir(sub) and _steps(sub):
+        return sub
+    if _steps(path):
+        return path
+    raise CheckpointError(path, "no checkpoint found (neither it nor its checkpoints/ holds a "
+                                "step)")
+
+
+def _steps(directory: str) -> list[int]:
+    return sorted(int(d) for d in os.listdir(directory)
+                  if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+
+
+def restore_inference(path: str | os.PathLike, step: int | None = None,
+                      ema: bool = True) -> Restored:
+    """The params, arch and run config of a checkpoint or a workdir, as numpy pytrees.
+
+    With `ema` and a checkpoint that holds EMA weights (`train.ema`), `params["denoiser"]` are
+    the EMA weights. A damaged checkpoint raises CheckpointError naming the directory, the
+    step and Orbax's own error.
+    """
+    directory = find_directory(path)
+    try:
+        with manager(directory) as mngr:
+            step = mngr.latest_step() if step is None else int(step)
+            if step is None:
+                raise CheckpointError(directory, "no checkpoint found")
+            items = step_items(mngr, step)
+            missing = {"params", "arch"} - items
+            if missing:
+                raise CheckpointError(os.path.join(directory, str(step)),
+                                      f"checkpoint lacks item(s) {sorted(missing)}")
+            args = dict(params=ocp.args.StandardRestore(), arch=ocp.args.JsonRestore())
+            if "config" in items:
+                args["config"] = ocp.args.JsonRestore()
+            use_ema = ema and "ema" in items
+            if use_ema:
+                args["ema"] = ocp.args.StandardRestore()
+            out = mngr.restore(step, args=ocp.args.Composite(**args))
+    except (CheckpointError, FileNotFoundError):
+        raise
+    except Exception as err:  # orbax raises many types for damaged checkpoints
+        raise CheckpointError(directory, f"not a readable checkpoint ({type(err).__name__}: "
+                                         f"{err})") from err
+    params = jax.tree.map(np.asarray, out["params"])
+    if not isinstance(params, dict) or not {"vae", "denoiser"} <= set(params):
+        raise CheckpointError(directory, "checkpoint params lack 'vae' and 'denoiser'")
+    if use_ema:
+        params = dict(params, denoiser=jax.tree.map(np.asarray, out["ema"]))
+    stored = out["config"] if "config" in out and out["config"] else None
+    return Restored(params, dict(out["arch"]), stored, directory, int(step), use_ema)
+
+
+# ------------------------------------------------------------------ best validation copy
+#
+# `DIR/best_checkpoint/` keeps one step: `params` (what inference reads), `arch`, and
+# `metrics` (the validation metrics plus the step), so it loads like a params checkpoint.
+
+
+def best_manager(directory: str) -> ocp.CheckpointManager:
+    """The manager of a best-validation copy: one step kept."""
+    return manager(directory, max_to_keep=1)
+
+
+def save_best(mngr: ocp.CheckpointManager, step: int, params: Any, arch: dict[str, Any],
+              metrics: dict[str, Any]) -> bool:
+    """Replace the best copy with `params` at `step` and its validation `metrics`."""
+    return mngr.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params),
+        arch=ocp.args.JsonSave(to_json(arch)),
+        metrics=ocp.args.JsonSave(dict(metrics, step=step)),
+    ), force=True)
+
+
+def best_metrics(mngr: ocp.CheckpointManager | None) -> dict[str, Any]:
+    """The metrics stored with the best copy ({} when there is none yet)."""
+    if mngr is None or mngr.latest_step() is None:
+        return {}
+    return mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
+        metrics=ocp.args.JsonRestore()))["metrics"]
+
+
+def best_loss(mngr: ocp.CheckpointManager | None) -> float:
+    """The validation loss of the best copy; inf when there is none yet."""
+    return float(best_metrics(mngr).get("loss", math.inf))

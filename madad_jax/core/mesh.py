@@ -41,6 +41,14 @@ def make_mesh(config, devices=None) -> Mesh:
     return jax.make_mesh(shape, BATCH_AXES, axis_types=(AxisType.Auto,) * 2, devices=devices)
 
 
+def local_mesh(num_devices: int | None = None) -> Mesh:
+    """A mesh of this process's first `num_devices` devices (default: all), all on `data`."""
+    devices = jax.local_devices()
+    devices = devices[: num_devices or len(devices)]
+    return jax.make_mesh((len(devices), 1), BATCH_AXES, axis_types=(AxisType.Auto,) * 2,
+                         devices=devices)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """The leading (batch) axis split over every device of the mesh."""
     return NamedSharding(mesh, P(BATCH_AXES))

@@ -24,6 +24,9 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from madad_jax.core import files
+from madad_jax.core.files import write_json_atomic  # noqa: F401 (data/ writes JSON with it)
+
 FORMAT = "madad-jax-slices/1"
 _ND = "__nd__"
 _SHARD_RE = re.compile(r"^(?P<split>.+)\.array_record-(?P<i>\d{5})-of-(?P<n>\d{5})$")
@@ -87,10 +90,6 @@ def manifest_name(split: str) -> str:
     return f"{split}.manifest.json"
 
 
-def tmp_name(path: str) -> str:
-    return f"{path}.tmp-{os.getpid()}"
-
-
 def is_shard_file(name: str, split: str | None = None) -> bool:
     m = _SHARD_RE.match(os.path.basename(name))
     return bool(m) and (split is None or m["split"] == split)
@@ -107,8 +106,13 @@ class ShardWriter:
         from array_record.python.array_record_module import ArrayRecordWriter
 
         self.path = os.fspath(path)
-        self._tmp = tmp_name(self.path)
-        self._writer = ArrayRecordWriter(self._tmp, "group_size:1")
+        self._target = files.atomic_path(self.path)
+        self._tmp = self._target.__enter__()
+        try:
+            self._writer = ArrayRecordWriter(self._tmp, "group_size:1")
+        except BaseException as err:
+            self._target.__exit__(type(err), err, err.__traceback__)
+            raise
         self.num_records = 0
 
     def write(self, record: bytes | Mapping[str, Any]) -> None:
@@ -118,15 +122,19 @@ class ShardWriter:
         self.num_records += 1
 
     def close(self) -> None:
-        self._writer.close()
-        os.replace(self._tmp, self.path)
+        try:
+            self._writer.close()
+        except BaseException as err:
+            self._target.__exit__(type(err), err, err.__traceback__)
+            raise
+        self._target.__exit__(None, None, None)
 
     def abort(self) -> None:
         try:
             self._writer.close()
         finally:
-            if os.path.exists(self._tmp):
-                os.remove(self._tmp)
+            err = RuntimeError("shard write aborted")
+            self._target.__exit__(type(err), err, None)
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -165,15 +173,6 @@ def count_records(path: str | os.PathLike) -> int:
         return reader.num_records()
     finally:
         reader.close()
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    path = os.fspath(path)
-    tmp = tmp_name(path)
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def read_json(path: str | os.PathLike) -> Any:

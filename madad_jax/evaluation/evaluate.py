@@ -18,20 +18,16 @@ from __future__ import annotations
 import io
 import json
 import logging
-import math
 import os
-import tempfile
 import time
 from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from madad_jax.core import checkpoint
+from madad_jax.core import checkpoint, files
 from madad_jax.evaluation import metrics
-from madad_jax.sampling import anomaly, inferencer, loading
+from madad_jax.sampling import inferencer, loading
 
 log = logging.getLogger("madad_jax.evaluation.evaluate")
 
@@ -96,12 +92,6 @@ def _sorted(data: dict[str, Any], limit: int = 0) -> dict[str, Any]:
 # -------------------------------------------------------------------------- inference
 
 
-def local_batch_sharding() -> tuple[NamedSharding, NamedSharding]:
-    """(batch, replicated) shardings over this process's devices."""
-    mesh = Mesh(np.asarray(jax.local_devices()), ("batch",))
-    return NamedSharding(mesh, P("batch")), NamedSharding(mesh, P())
-
-
 def compute_maps(config, models: loading.Models, params: Any, images: np.ndarray,
                  progress: bool = True) -> np.ndarray:
     """(N,H,W) float32 anomaly maps with `config.sample`, batched over the local devices."""
@@ -111,18 +101,12 @@ def compute_maps(config, models: loading.Models, params: Any, images: np.ndarray
 def compute_outputs(config, models: loading.Models, params: Any, images: np.ndarray,
                     keys: tuple[str, ...] = ("anomaly_map",),
                     progress: bool = True) -> dict[str, np.ndarray]:
-    """The sampler's outputs named by `keys` (see `anomaly.make_infer_fn`) for every image;
-    `anomaly_map` comes back as float32."""
-    n_dev = jax.local_device_count()
+    """The sampler's outputs named by `keys` (see `anomaly.make_infer_fn`) for every image,
+    batched over the local devices; `anomaly_map` comes back as float32."""
     bs = int(config.evaluate.get("batch_size", 0) or config.sample.batch_size)
-    bs = min(bs, len(images))
-    bs = n_dev * math.ceil(bs / n_dev)
-    batch_sh, repl = local_batch_sharding()
-    params = jax.device_put(params, repl)
-    infer = anomaly.make_infer_fn(models.vae, models.denoiser, config)
-    key = jax.random.key(int(config.sample.seed))
-    out = inferencer.run_batches(infer, params, images, bs, key, keys=tuple(keys),
-                             progress=progress, sharding=batch_sh)
+    infer = inferencer.inferencer(config, models)
+    out = infer(params, images, jax.random.key(int(config.sample.seed)), bs, keys=tuple(keys),
+                progress=progress, all_devices=True)
     if "anomaly_map" in out:
         out["anomaly_map"] = out["anomaly_map"].astype(np.float32)
     return out
@@ -160,36 +144,7 @@ def _volume_protocol(config, workdir, models, params, test, maps) -> tuple[dict,
                               None if threshold < 0 else threshold, edges=edges)
 
 
-def _finite(x: Any) -> Any:
-    """JSON-safe: NaN/inf become null, numpy scalars plain numbers."""
-    if isinstance(x, dict):
-        return {str(k): _finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
 # ---------------------------------------------------------------------------- writing
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def write_results(out_dir: str, result: dict[str, Any], maps: np.ndarray,
@@ -197,9 +152,9 @@ def write_results(out_dir: str, result: dict[str, Any], maps: np.ndarray,
     os.makedirs(out_dir, exist_ok=True)
     buf = io.BytesIO()
     np.savez(buf, anomaly_maps=maps.astype(np.float32), names=np.asarray(names, dtype=str))
-    _write_atomic(os.path.join(out_dir, "anomaly_maps.npz"), buf.getvalue())
-    text = json.dumps(_finite(result), indent=2, allow_nan=False) + "\n"
-    _write_atomic(os.path.join(out_dir, "metrics.json"), text.encode())
+    files.atomic_write(os.path.join(out_dir, "anomaly_maps.npz"), buf.getvalue())
+    files.write_json_atomic(os.path.join(out_dir, "metrics.json"), files.to_json(result),
+                            indent=2, sort_keys=False, allow_nan=False)
 
 
 PANELS = "panels.png"
@@ -297,6 +252,6 @@ def run(config, workdir: str) -> dict[str, Any]:
         write_panels(os.path.join(out_dir, PANELS), test, outputs,
                      int(config.evaluate.get("num_panels", NUM_PANELS)))
         summary = {k: result.get(k) for k in ("max_dice", "f1_max", "auroc", "ap")}
-        print(f"evaluate: {len(maps)} slices, {json.dumps(_finite(summary))} -> {out_dir}",
-              flush=True)
+        shown = json.dumps(files.to_json(summary))
+        print(f"evaluate: {len(maps)} slices, {shown} -> {out_dir}", flush=True)
     return result

@@ -10,35 +10,11 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
 
-
-def _atomic_png(path: str | os.PathLike, save) -> str:
-    """Call `save(tmp_path)`, then rename to `path`."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", suffix=".png",
-                               dir=folder)
-    os.close(fd)
-    try:
-        save(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+from madad_jax.core import files
 
 
 def _squeeze(x: np.ndarray | None) -> np.ndarray | None:
@@ -92,7 +68,9 @@ def slice_panels(
             if c == 0 and titles is not None:
                 ax.set_ylabel(titles[r], fontsize=8)
     fig.tight_layout()
-    return _atomic_png(path, lambda tmp: fig.savefig(tmp, format="png"))
+    with files.atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    return os.fspath(path)
 
 
 def overlay(
@@ -125,17 +103,16 @@ def overlay(
     if threshold is None:
         threshold = 0.1 * peak if peak > 0 else 1e-6
 
-    def save(tmp: str) -> None:
-        fig = plt.figure(figsize=(9, 3.2))
-        try:
-            plotting.plot_stat_map(
-                anomaly, bg_img=anatomy, cut_coords=cut_coords, display_mode="ortho",
-                threshold=threshold, vmax=max(peak, threshold * 1.01), cmap="inferno",
-                colorbar=True, title=title, figure=fig, draw_cross=False, transparency=0.8,
-                black_bg=True, symmetric_cbar=False,
-            )
+    fig = plt.figure(figsize=(9, 3.2))
+    try:
+        plotting.plot_stat_map(
+            anomaly, bg_img=anatomy, cut_coords=cut_coords, display_mode="ortho",
+            threshold=threshold, vmax=max(peak, threshold * 1.01), cmap="inferno",
+            colorbar=True, title=title, figure=fig, draw_cross=False, transparency=0.8,
+            black_bg=True, symmetric_cbar=False,
+        )
+        with files.atomic_path(path, suffix=".png") as tmp:
             fig.savefig(tmp, format="png", facecolor="black")
-        finally:
-            plt.close(fig)
-
-    return _atomic_png(path, save)
+    finally:
+        plt.close(fig)
+    return os.fspath(path)

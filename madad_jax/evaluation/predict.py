@@ -24,14 +24,13 @@ renamed into place at the end.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +39,7 @@ import nibabel as nib
 import numpy as np
 
 from madad_jax.core import checkpoint as ckpt
+from madad_jax.core import files
 from madad_jax.data import nifti, preprocess
 from madad_jax.data.errors import BadInputError
 from madad_jax.evaluation import figures
@@ -192,41 +192,34 @@ def write_outputs(
     }
     created = not os.path.isdir(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{stem}.tmp-", dir=out_dir)
-    moved: list[str] = []
     try:
-        write_nifti(os.path.join(tmp, names["anomaly"]), pred.volume, subject.image.path,
-                    subject.image.affine)
-        sel = panel_slices(pred, num_panels)
-        gt = None
-        if subject.segmentation is not None:
-            gt = np.stack([pred.rows[i]["segmentation"] for i in sel])
-        figures.slice_panels(
-            os.path.join(tmp, names["panels"]),
-            np.stack([pred.rows[i]["image"] for i in sel]),
-            None if pred.samples is None else pred.samples[sel],
-            pred.maps[sel],
-            gt,
-            titles=[f"slice {pred.rows[i]['slice_index']}" for i in sel],
-        )
-        anomaly_img = nib.load(os.path.join(tmp, names["anomaly"]))
-        figures.overlay(os.path.join(tmp, names["overlay"]), subject.image.path, anomaly_img,
-                        title=stem)
-        summary = dict(summary, panel_slices=[int(pred.rows[i]["slice_index"]) for i in sel])
-        with open(os.path.join(tmp, names["summary"]), "w") as f:
-            json.dump(summary, f, indent=2, sort_keys=True)
-        del anomaly_img
-        for name in names.values():
-            os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
-            moved.append(os.path.join(out_dir, name))
+        # Every file is renamed into place only when all of them were written.
+        with contextlib.ExitStack() as stack:
+            tmp = {k: stack.enter_context(files.atomic_path(
+                os.path.join(out_dir, name), suffix=".nii.gz" if k == "anomaly" else ""))
+                for k, name in names.items()}
+            write_nifti(tmp["anomaly"], pred.volume, subject.image.path, subject.image.affine)
+            sel = panel_slices(pred, num_panels)
+            gt = None
+            if subject.segmentation is not None:
+                gt = np.stack([pred.rows[i]["segmentation"] for i in sel])
+            figures.slice_panels(
+                tmp["panels"],
+                np.stack([pred.rows[i]["image"] for i in sel]),
+                None if pred.samples is None else pred.samples[sel],
+                pred.maps[sel],
+                gt,
+                titles=[f"slice {pred.rows[i]['slice_index']}" for i in sel],
+            )
+            anomaly_img = nib.load(tmp["anomaly"])
+            figures.overlay(tmp["overlay"], subject.image.path, anomaly_img, title=stem)
+            del anomaly_img
+            summary = dict(summary, panel_slices=[int(pred.rows[i]["slice_index"]) for i in sel])
+            files.atomic_write(tmp["summary"], json.dumps(summary, indent=2, sort_keys=True))
     except BaseException:
-        for path in moved:  # a failure mid-way: leave nothing of this run
-            os.remove(path)
-        shutil.rmtree(tmp, ignore_errors=True)
         if created and not os.listdir(out_dir):
             os.rmdir(out_dir)
         raise
-    shutil.rmtree(tmp, ignore_errors=True)
     return {k: os.path.join(out_dir, v) for k, v in names.items()}
 
 

@@ -34,13 +34,14 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 from sklearn.metrics import average_precision_score
+
+from madad_jax.core import files
 
 SIZE_BINS = ("small", "medium", "large")
 MEDIAN_SIZE = 5
@@ -413,23 +414,11 @@ def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> str
     fields: list[str] = []
     for r in rows:
         fields.extend(k for k in r if k not in fields)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: _fmt(v) for k, v in r.items()})
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with files.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _fmt(v) for k, v in r.items()})
     return path
 
 

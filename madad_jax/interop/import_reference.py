@@ -14,9 +14,7 @@ import argparse
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 import traceback
 from typing import Any
 
@@ -24,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from madad_jax.core import checkpoint
+from madad_jax.core import checkpoint, files
 from madad_jax.models import UNET_KEYS, VAE_KEYS, unet_kwargs, vae_kwargs
 from madad_jax.models.presets import UNET_PRESETS, medical_vae, unet
 from madad_jax.models.unet import UNet
@@ -256,18 +254,8 @@ def run(args: argparse.Namespace) -> str:
         raise ReferenceImportError(f"{args.out}: already exists and is not an empty directory")
     denoiser = _convert_file(args.unet, convert_unet, arch["model"]["unet"])
     vae = _convert_file(args.vae, convert_vae, arch["vae"])
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
-    try:
+    with files.atomic_path(out, directory=True) as tmp:
         checkpoint.save_params(tmp, {"vae": vae, "denoiser": denoiser}, arch)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -1,18 +1,31 @@
-"""The one inference path: a checkpoint's models over many images, in fixed-size batches.
+"""The one inference path: a checkpoint's models over many images, in fixed-size batches,
+each batch split over this process's devices (`madad_jax.core.mesh`).
+
+    infer = inferencer(config, models)   # one jitted function per (models, settings)
+    out = infer(params, images, key, batch_size, keys=("anomaly_map", "sample"))
+
+Evaluation, predict and `madad_jax.analysis` all run through `Inferencer`.
 """
 
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
+from madad_jax.core import mesh as mesh_lib
 from madad_jax.diffusion.latent_norm import LatentNorm
 from madad_jax.sampling.loading import Models
+
+# The config sub-trees the jitted sampler depends on (see `anomaly.make_infer_fn`).
+SETTINGS = ("sample", "diffusion", "latent_scale", "latent_whitening")
+ALL_KEYS = ("anomaly_map", "sample", "reconstruction", "mean_anomalous")
 
 
 def run_batches(
@@ -51,24 +64,71 @@ def run_batches(
     return {k: np.concatenate(v, axis=0) for k, v in out.items()}
 
 
-_INFER_CACHE: dict[Any, tuple[Models, Any]] = {}
+class Inferencer:
+    """Mask-guided DDIM with one config's sampler settings, compiled once per batch shape.
+
+    Batches are placed on a mesh of this process's devices (`core.mesh.local_mesh`): either
+    all of them, each batch split over the mesh's data axis, or only the first one. XLA's
+    results for an image depend (in the last float bits) on how many images each device
+    holds, so each caller keeps the layout its outputs were defined with.
+    """
+
+    def __init__(self, config, models: Models):
+        from madad_jax.sampling.anomaly import make_infer_fn
+
+        self.fn = make_infer_fn(models.vae, models.denoiser, config)
+        self._meshes: dict[int, Mesh] = {}
+
+    def mesh(self, num_devices: int) -> Mesh:
+        if num_devices not in self._meshes:
+            self._meshes[num_devices] = mesh_lib.local_mesh(num_devices)
+        return self._meshes[num_devices]
+
+    def __call__(self, params: Any, images: np.ndarray, key: jax.Array, batch_size: int,
+                 keys: tuple[str, ...] = ("anomaly_map",), progress: bool = False,
+                 all_devices: bool = False) -> dict[str, np.ndarray]:
+        """The outputs named by `keys` for `images` (N,H,W,C), `batch_size` at a time
+        (at most N; the last batch is padded). With `all_devices` each batch is split over
+        every local device, its size rounded up to a multiple of their count."""
+        bs = max(1, min(int(batch_size), len(images)))
+        n_dev = jax.local_device_count() if all_devices else 1
+        bs = n_dev * -(-bs // n_dev)
+        mesh = self.mesh(n_dev)
+        params = jax.device_put(params, mesh_lib.replicated(mesh))
+        return run_batches(self.fn, params, images, bs, key, keys=tuple(keys),
+                           progress=progress, sharding=mesh_lib.batch_sharding(mesh))
 
 
-def _infer_fn(config, models: Models):
-    from madad_jax.sampling.anomaly import make_infer_fn
+def settings_key(config) -> str:
+    """The sampler settings of `config` as canonical JSON text."""
+    parts = {k: config.get(k) for k in SETTINGS}
+    return json.dumps({k: v.to_dict() if hasattr(v, "to_dict") else v for k, v in parts.items()},
+                      sort_keys=True, default=str)
 
-    parts = ("sample", "diffusion", "latent_scale", "latent_whitening")
-    key = (id(models), json.dumps(
-        {k: v.to_dict() if hasattr(v, "to_dict") else v
-         for k, v in ((k, config.get(k)) for k in parts)}, sort_keys=True, default=str))
-    hit = _INFER_CACHE.get(key)
-    if hit is not None and hit[0] is models:
-        return hit[1]
-    fn = make_infer_fn(models.vae, models.denoiser, config)
-    while len(_INFER_CACHE) >= 8:  # keep a few compiled functions, not every one ever made
-        _INFER_CACHE.pop(next(iter(_INFER_CACHE)))
-    _INFER_CACHE[key] = (models, fn)
-    return fn
+
+_CACHE: OrderedDict[tuple[Models, str], Inferencer] = OrderedDict()
+CACHE_SIZE = 8  # keep a few compiled samplers, not every one ever made
+
+
+def inferencer(config, models: Models) -> Inferencer:
+    """The `Inferencer` for `models` and `config`'s sampler settings, made once and reused.
+
+    The key is the modules themselves (Flax modules compare and hash by their fields) and the
+    settings' JSON, so equal models with equal settings share one compiled function.
+    """
+    key = (models, settings_key(config))
+    try:
+        hash(key)
+    except TypeError:  # a module with an unhashable field: no sharing
+        return Inferencer(config, models)
+    hit = _CACHE.get(key)
+    if hit is None:
+        hit = Inferencer(config, models)
+        while len(_CACHE) >= CACHE_SIZE:
+            _CACHE.popitem(last=False)
+        _CACHE[key] = hit
+    _CACHE.move_to_end(key)
+    return hit
 
 
 def _as_batch(images: np.ndarray) -> np.ndarray:
@@ -89,22 +149,20 @@ def anomaly_maps(
     images: np.ndarray,
     key: jax.Array | None = None,
     batch_size: int | None = None,
-    keys: tuple[str, ...] = ("anomaly_map", "sample", "reconstruction", "mean_anomalous"),
+    keys: tuple[str, ...] = ALL_KEYS,
     progress: bool = False,
 ) -> dict[str, np.ndarray]:
     """Mask-guided DDIM on `images` (N,H,W[,C]) in [-1, 1]; numpy arrays named by `keys`.
 
-    The outputs are those of `madad_jax.sample.make_infer_fn`: `anomaly_map` (N,H,W),
-    `sample` (the healthy counterpart) and `reconstruction` (N,H,W,C), `mean_anomalous`
-    (N,h,w: 1 - P(clean) averaged over the DDIM steps), `flagged_frac`, `latent`, `encoded`.
+    The outputs are those of `madad_jax.sampling.anomaly.make_infer_fn`: `anomaly_map`
+    (N,H,W), `sample` (the healthy counterpart) and `reconstruction` (N,H,W,C),
+    `mean_anomalous` (N,h,w: 1 - P(clean) averaged over the DDIM steps), `flagged_frac`,
+    `latent`, `encoded`. `key` defaults to `sample.seed`, `batch_size` to `sample.batch_size`.
     """
-    from madad_jax.sampling.inferencer import run_batches
-
     x = _as_batch(images)
     key = jax.random.PRNGKey(int(config.sample.seed)) if key is None else key
     bs = int(batch_size or config.sample.batch_size)
-    return run_batches(_infer_fn(config, models), params, x, max(1, min(bs, len(x))), key,
-                       keys=tuple(keys), progress=progress)
+    return inferencer(config, models)(params, x, key, bs, keys=tuple(keys), progress=progress)
 
 
 def mask_head(

@@ -1,4 +1,5 @@
-"""A checkpoint as `(config, models, params)`, without the training code path.
+"""A checkpoint as `(config, models, params)`, without the training code path; the reading
+itself is `madad_jax.core.checkpoint.restore_inference`.
 """
 
 from __future__ import annotations
@@ -8,10 +9,7 @@ import logging
 import os
 from typing import Any, NamedTuple
 
-import jax
 import ml_collections
-import numpy as np
-import orbax.checkpoint as ocp
 
 from madad_jax.config import default_config
 from madad_jax.core import checkpoint as ckpt
@@ -27,72 +25,28 @@ class Models(NamedTuple):
     denoiser: Any
 
 
-class Restored(NamedTuple):
-    params: Any  # {"vae": ..., "denoiser": ...}, numpy leaves
-    arch: dict[str, Any]
-    config: dict[str, Any] | None  # the run's full config, for training checkpoints
-    directory: str  # the CheckpointManager directory
-    step: int
-    ema: bool = False  # params["denoiser"] holds the EMA weights (train.ema)
+Restored = ckpt.Restored
 
 
 def checkpoint_dir(path: str | os.PathLike) -> str:
     """The CheckpointManager directory named by `path`: a workdir (its `checkpoints/`) or
     the checkpoint directory itself."""
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.exists(path):
-        raise FileNotFoundError(2, "no such checkpoint or workdir", path)
-    if not os.path.isdir(path):
-        raise BadInputError(path, "expected a checkpoint directory or a workdir")
-    sub = os.path.join(path, "checkpoints")
-    if os.path.isdir(sub) and _steps(sub):
-        return sub
-    if _steps(path):
-        return path
-    raise BadInputError(path, "no checkpoint found (neither it nor its checkpoints/ holds a step)")
-
-
-def _steps(directory: str) -> list[int]:
-    return sorted(int(d) for d in os.listdir(directory)
-                  if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+    try:
+        return ckpt.find_directory(path)
+    except ckpt.CheckpointError as err:
+        raise BadInputError(err.path, err.problem) from err
 
 
 def restore(path: str | os.PathLike, step: int | None = None, ema: bool = True) -> Restored:
     """Read `(params, arch, config, directory, step, ema)` from a checkpoint or a workdir.
 
     With `ema` and a checkpoint that holds EMA weights (`train.ema`), `params["denoiser"]` are
-    the EMA weights.
+    the EMA weights. An unusable checkpoint raises BadInputError ("PATH: PROBLEM").
     """
-    directory = checkpoint_dir(path)
     try:
-        with ckpt.manager(directory) as mngr:
-            step = mngr.latest_step() if step is None else int(step)
-            if step is None:
-                raise BadInputError(directory, "no checkpoint found")
-            items = ckpt.step_items(mngr, step)
-            missing = {"params", "arch"} - items
-            if missing:
-                raise BadInputError(os.path.join(directory, str(step)),
-                                    f"checkpoint lacks item(s) {sorted(missing)}")
-            args = dict(params=ocp.args.StandardRestore(), arch=ocp.args.JsonRestore())
-            if "config" in items:
-                args["config"] = ocp.args.JsonRestore()
-            use_ema = ema and "ema" in items
-            if use_ema:
-                args["ema"] = ocp.args.StandardRestore()
-            out = mngr.restore(step, args=ocp.args.Composite(**args))
-    except (BadInputError, FileNotFoundError):
-        raise
-    except Exception as err:  # orbax raises many types for damaged checkpoints
-        raise BadInputError(directory, f"not a readable checkpoint ({type(err).__name__}: "
-                                       f"{err})") from err
-    params = jax.tree.map(np.asarray, out["params"])
-    if not isinstance(params, dict) or not {"vae", "denoiser"} <= set(params):
-        raise BadInputError(directory, "checkpoint params lack 'vae' and 'denoiser'")
-    if use_ema:
-        params = dict(params, denoiser=jax.tree.map(np.asarray, out["ema"]))
-    stored = out["config"] if "config" in out and out["config"] else None
-    return Restored(params, dict(out["arch"]), stored, directory, int(step), use_ema)
+        return ckpt.restore_inference(path, step, ema)
+    except ckpt.CheckpointError as err:
+        raise BadInputError(err.path, err.problem) from err
 
 
 def restore_for_run(config, workdir: str) -> Restored:
@@ -124,7 +78,7 @@ def _merge(config: ml_collections.ConfigDict, values: dict[str, Any], prefix: st
             if isinstance(here, ml_collections.ConfigDict) and isinstance(v, dict):
                 _merge(here, v, f"{prefix}{k}.")
                 continue
-            v = ckpt._tuplify(v) if isinstance(v, list | dict) else v
+            v = ckpt.tuplify(v) if isinstance(v, list | dict) else v
             try:
                 config[k] = ml_collections.ConfigDict(v) if isinstance(v, dict) else v
             except (TypeError, ValueError) as err:

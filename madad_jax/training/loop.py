@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
@@ -17,7 +16,6 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
 from madad_jax.core import checkpoint as ckpt
 from madad_jax.core import mesh as mesh_lib
@@ -196,10 +194,10 @@ def fit(
     if latest is not None:
         log.message(f"[{name}] resuming from {ckpt_dir} at step {latest}")
     if val_batches:
-        best = ckpt.manager(os.path.join(workdir, "best_checkpoint"), max_to_keep=1)
+        best = ckpt.best_manager(os.path.join(workdir, "best_checkpoint"))
     log_every, checkpoint_every = max(int(log_every), 1), max(int(checkpoint_every), 1)
     val_every = int(val_every) or checkpoint_every
-    best_loss = _best_so_far(best)
+    best_loss = ckpt.best_loss(best)
     last_good = latest
     pending: list[tuple[int, dict]] = []
     logged: dict[str, float] = {}
@@ -226,8 +224,7 @@ def fit(
                 log.scalars(done, vm, prefix=f"{name}_val")
                 if vm["loss"] < best_loss:
                     best_loss = vm["loss"]
-                    best.save(done, args=_best_args(task.best_params(state), arch, done, vm),
-                              force=True)
+                    ckpt.save_best(best, done, task.best_params(state), arch, vm)
             log.step(done)
         if start >= num_steps:
             log.message(f"[{name}] {ckpt_dir} already holds step {start} >= {num_steps} steps")
@@ -239,22 +236,6 @@ def fit(
             best.close()
         log.close()
     return state
-
-
-def _best_so_far(best) -> float:
-    if best is None or best.latest_step() is None:
-        return math.inf
-    meta = best.restore(best.latest_step(), args=ocp.args.Composite(
-        metrics=ocp.args.JsonRestore()))["metrics"]
-    return float(meta.get("loss", math.inf))
-
-
-def _best_args(params, arch, step, metrics):
-    return ocp.args.Composite(
-        params=ocp.args.StandardSave(params),
-        arch=ocp.args.JsonSave(ckpt._jsonable(arch)),
-        metrics=ocp.args.JsonSave(dict(metrics, step=step)),
-    )
 
 
 def config_json(config) -> dict[str, Any]:

@@ -55,7 +55,7 @@ def resolved(config, updates: dict[str, Any]) -> ml_collections.FrozenConfigDict
             for p in path:
                 node = node[p]
             if isinstance(value, dict) and isinstance(node.get(leaf), ml_collections.ConfigDict):
-                node[leaf].update(ckpt._tuplify(value))
+                node[leaf].update(ckpt.tuplify(value))
             else:
                 node[leaf] = value
     return ml_collections.FrozenConfigDict(cfg)
