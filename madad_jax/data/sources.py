@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,8 +19,9 @@ Batch = dict[str, Any]
 KINDS = ("arrayrecord", "demo", "png")
 
 
-def demo_shards(config, workdir: str) -> str:
-    """The demo's healthy training slices as an ArrayRecord shard in `DIR/data/demo/`.
+def demo_shards(config, workdir: str, split: str = "train") -> str:
+    """The demo's slices of `split` (healthy "train", lesioned "val") as an ArrayRecord shard
+    in `DIR/data/demo/`.
 
     They are generated once (deterministically from `data.demo`) and reused on resume; a
     changed demo config regenerates them.
@@ -27,8 +29,9 @@ def demo_shards(config, workdir: str) -> str:
     from madad_jax.data import records, synthetic
 
     out = os.path.join(workdir, "data", "demo")
-    shard = os.path.join(out, records.shard_name("train", 0, 1))
-    stamp_path = os.path.join(out, "settings.json")
+    shard = os.path.join(out, records.shard_name(split, 0, 1))
+    stamp_name = "settings.json" if split == "train" else f"settings-{split}.json"
+    stamp_path = os.path.join(out, stamp_name)
     stamp = {"image_size": int(config.image_size),
              "demo": json.loads(config.data.demo.to_json_best_effort())}
     if os.path.isfile(shard) and os.path.isfile(stamp_path):
@@ -36,10 +39,10 @@ def demo_shards(config, workdir: str) -> str:
             return shard
     os.makedirs(out, exist_ok=True)
     if hosts.is_main():
-        train = synthetic.from_config(config, splits=("train",))["train"]
+        data = synthetic.from_config(config, splits=(split,))[split]
         rows = (
             {"image": img[..., 0], "brainmask": (mask > 0).astype(np.uint8), "name": name}
-            for img, mask, name in zip(train["images"], train["brainmasks"], train["names"],
+            for img, mask, name in zip(data["images"], data["brainmasks"], data["names"],
                                        strict=True)
         )
         records.write_shard(shard, rows)
@@ -53,18 +56,18 @@ def keep_empty_brainmask(config) -> bool:
     return bool(config.data.keep_empty_brainmask)
 
 
-def png_shards(config, workdir: str) -> str:
-    """The reference's PNG `train/` split converted (once, resumably) into `DIR/data/png/`."""
+def png_shards(config, workdir: str, split: str = "train") -> str:
+    """The reference's PNG `split` converted (once, resumably) into `DIR/data/png/`."""
     from madad_jax.data import convert
 
     out = os.path.join(workdir, "data", "png")
     if hosts.is_main():
         convert.convert_png(config.data.png_root, out, modality=config.data.modality,
-                            image_size=int(config.image_size), splits=("train",),
+                            image_size=int(config.image_size), splits=(split,),
                             bad_input=config.data.bad_input, progress=False,
                             keep_empty_brainmask=keep_empty_brainmask(config))
-    hosts.sync("png_shards")
-    return os.path.join(out, "train.manifest.json")
+    hosts.sync(f"png_shards_{split}")
+    return os.path.join(out, f"{split}.manifest.json")
 
 
 def training_source(config, workdir: str) -> str:
@@ -95,19 +98,46 @@ def train_batches(config, path: str, batch_size: int, latents: bool = False,
                                     exact_epochs=exact_epochs))
 
 
-def validation_batches(config) -> list[Batch] | None:
-    """`train.val_batches` fixed batches of `data.val_path` (None without one)."""
-    if not config.data.val_path or int(config.train.val_batches) <= 0:
+def validation_source(config, workdir: str) -> str:
+    """Where the validation slices are ("" when the data set has none)."""
+    d = config.data
+    if d.kind == "demo":
+        return demo_shards(config, workdir, "val") if int(d.demo.n_val) > 0 else ""
+    if d.kind == "png":
+        has_val = d.png_root and os.path.isdir(os.path.join(d.png_root, "val"))
+        return png_shards(config, workdir, "val") if has_val else ""
+    return d.val_path
+
+
+def validation_batches(config, workdir: str) -> list[Batch] | Callable[[], Any] | None:
+    """The validation data of `train.validation` (None without a validation split).
+
+    "batches": `train.val_batches` fixed batches of the split. "reference": a function
+    yielding the whole split anew, in order, its last batch padded with zero weights.
+    """
+    path = validation_source(config, workdir)
+    if not path:
         return None
     import jax
 
     from madad_jax.data import pipeline
 
     pc, pi = jax.process_count(), jax.process_index()
-    ds = pipeline.make_dataset(
-        config.data.val_path, int(config.train.batch_size) // pc, split="val", augment=False,
-        shuffle=False, repeat=True, process_index=pi, process_count=pc,
-    )
+    bs = int(config.train.batch_size) // pc
+    if config.train.validation == "reference":
+        def whole_split():
+            return iter(pipeline.make_dataset(
+                path, bs, split="val", augment=False, shuffle=False, repeat=False,
+                exact_epochs=True, process_index=pi, process_count=pc))
+
+        return whole_split
+    if config.train.validation != "batches":
+        raise ValueError(f"train.validation must be batches | reference, not "
+                         f"{config.train.validation!r}")
+    if int(config.train.val_batches) <= 0:
+        return None
+    ds = pipeline.make_dataset(path, bs, split="val", augment=False, shuffle=False,
+                               repeat=True, process_index=pi, process_count=pc)
     it = iter(ds)
     return [next(it) for _ in range(int(config.train.val_batches))]
 

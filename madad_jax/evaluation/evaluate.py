@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from madad_jax.core import checkpoint, files
+from madad_jax.data import sources
 from madad_jax.evaluation import metrics
 from madad_jax.sampling import inferencer, loading
 
@@ -38,36 +39,9 @@ RESULT_DIR = "evaluate"
 
 
 def load_split(config, workdir: str, split: str) -> dict[str, Any] | None:
-    """The slices of `split` for `config.data.kind` (png | arrayrecord | demo), or None
-    when the data set has no such split. Names come back sorted."""
-    d = config.data
-    kind = d.get("kind", "arrayrecord")
-    if kind == "png":
-        from madad_jax.data.png import read_reference_split
-
-        if not d.png_root:
-            raise ValueError("config.data.png_root is required with data.kind=png")
-        name = (d.get("split") or "test") if split == "test" else split
-        if split != "test" and not os.path.isdir(os.path.join(d.png_root, name)):
-            return None
-        return read_reference_split(d.png_root, name, d.modality, int(config.image_size),
-                                    bad_input=d.get("bad_input", "stop"))
-    if kind == "demo":
-        from madad_jax.data import synthetic
-
-        if split != "test" and int(d.demo.get(f"n_{split}", 0)) <= 0:
-            return None
-        return synthetic.from_config(config, splits=(split,))[split]
-    if kind == "arrayrecord":
-        from madad_jax.data.pipeline import load_eval_split
-
-        path = d.test_path if split == "test" else d.get(f"{split}_path", "")
-        if not path:
-            if split == "test":
-                raise ValueError("config.data.test_path is required with data.kind=arrayrecord")
-            return None
-        return load_eval_split(path, split)
-    raise ValueError(f"config.data.kind must be png | arrayrecord | demo, not {kind!r}")
+    """The slices of `split` (see `data.sources.eval_slices`); `workdir` is unused."""
+    del workdir
+    return sources.eval_slices(config, split)
 
 
 def _sorted(data: dict[str, Any], limit: int = 0) -> dict[str, Any]:
@@ -103,7 +77,7 @@ def compute_outputs(config, models: loading.Models, params: Any, images: np.ndar
                     progress: bool = True) -> dict[str, np.ndarray]:
     """The sampler's outputs named by `keys` (see `anomaly.make_infer_fn`) for every image,
     batched over the local devices; `anomaly_map` comes back as float32."""
-    bs = int(config.evaluate.get("batch_size", 0) or config.sample.batch_size)
+    bs = int(config.evaluate.batch_size or config.sample.batch_size)
     infer = inferencer.inferencer(config, models)
     out = infer(params, images, jax.random.key(int(config.sample.seed)), bs, keys=tuple(keys),
                 progress=progress, all_devices=True)
@@ -127,7 +101,7 @@ def _volume_protocol(config, workdir, models, params, test, maps) -> tuple[dict,
     from madad_jax.evaluation import volume_metrics as vm
 
     e = config.evaluate
-    threshold = float(e.get("volume_threshold", -1.0))
+    threshold = float(e.volume_threshold)
     val_volumes = None
     if threshold < 0:
         val = load_split(config, workdir, "val")
@@ -139,7 +113,7 @@ def _volume_protocol(config, workdir, models, params, test, maps) -> tuple[dict,
         val = _sorted(val)
         val_maps = compute_maps(config, models, params, val["images"], progress=False)
         val_volumes = vm.volumes_from_eval(val, val_maps)
-    edges = tuple(e.get("size_edges_volume", ())) or None
+    edges = tuple(e.size_edges_volume) or None
     return vm.volume_protocol(vm.volumes_from_eval(test, maps), val_volumes,
                               None if threshold < 0 else threshold, edges=edges)
 
@@ -158,7 +132,6 @@ def write_results(out_dir: str, result: dict[str, Any], maps: np.ndarray,
 
 
 PANELS = "panels.png"
-NUM_PANELS = 4
 
 
 def panel_indices(n: int, k: int) -> list[int]:
@@ -193,13 +166,13 @@ def run(config, workdir: str) -> dict[str, Any]:
     config = config.copy_and_resolve_references()
     checkpoint.apply_arch(config, restored.arch)
     models = loading.build_models(config)
-    protocols = tuple(config.evaluate.get("protocols", ("slice",)))
+    protocols = tuple(config.evaluate.protocols)
     unknown = set(protocols) - {"slice", "volume"}
     if unknown:
         raise ValueError(f"evaluate.protocols: unknown {sorted(unknown)} (slice | volume)")
 
     test = _sorted(load_split(config, workdir, "test"),
-                   int(config.evaluate.get("max_examples", 0) or 0))
+                   int(config.evaluate.max_examples))
     images, segs = test["images"], test.get("segmentations")
     t0 = time.time()
     outputs = compute_outputs(config, models, restored.params, images,
@@ -228,14 +201,14 @@ def run(config, workdir: str) -> dict[str, Any]:
         from madad_jax.evaluation import volume_metrics as vm
 
         result.update(slice_protocol(maps, segs))
-        edges = tuple(config.evaluate.get("size_edges_slice", ())) or None
+        edges = tuple(config.evaluate.size_edges_slice) or None
         result["by_lesion_size"] = vm.slice_size_breakdown(maps, segs, edges)
         rows_slices = vm.slice_rows(test["names"], maps, segs, result["max_dice_threshold"],
                                     edges)
         if "volume" in protocols:
             result["volume"], rows_volumes = _volume_protocol(
                 config, workdir, models, restored.params, test, maps)
-        if config.evaluate.get("baseline", True):
+        if config.evaluate.baseline:
             from madad_jax.evaluation import baseline
 
             result["baseline"] = baseline.evaluate(images, test["brainmasks"], segs)
@@ -250,7 +223,7 @@ def run(config, workdir: str) -> dict[str, Any]:
             if rows_volumes is not None:
                 vm.write_csv(os.path.join(out_dir, "volumes.csv"), rows_volumes)
         write_panels(os.path.join(out_dir, PANELS), test, outputs,
-                     int(config.evaluate.get("num_panels", NUM_PANELS)))
+                     int(config.evaluate.num_panels))
         summary = {k: result.get(k) for k in ("max_dice", "f1_max", "auroc", "ap")}
         shown = json.dumps(files.to_json(summary))
         print(f"evaluate: {len(maps)} slices, {shown} -> {out_dir}", flush=True)

@@ -265,7 +265,7 @@ def run(config, workdir: str) -> dict[str, str]:
     }
     if subject.segmentation is not None:
         summary.update(_scores(pred, subject))
-    paths = write_outputs(out_dir, stem, subject, pred, summary, int(p.get("num_panels", 4)))
+    paths = write_outputs(out_dir, stem, subject, pred, summary, int(p.num_panels))
     log.info("wrote %s", ", ".join(paths.values()))
     print(f"wrote {paths['anomaly']}")
     return paths

@@ -52,7 +52,7 @@ def anomaly_map(
         diff = jnp.abs(x_hat - x_rec).max(axis=-1)
         amap = jnp.clip(diff, 0.0, scfg.clip) * scfg.scale
     elif source == "latent":
-        lc = float(scfg.get("latent_clip", 1.0))
+        lc = float(scfg.latent_clip)
         diff = jnp.abs(z_out - z_in).mean(axis=-1)
         amap = _upsample(jnp.clip(diff, 0.0, lc) / lc, size)
     elif source == "mask":
@@ -80,7 +80,7 @@ def make_infer_fn(vae, denoiser, config, trajectory: bool = False) -> Callable[.
     tables = ddim_tables(config.diffusion.num_steps, n)
     norm = LatentNorm.from_config(config)
     eta = float(scfg.eta)
-    thr = float(scfg.get("flag_threshold", 0.5))
+    thr = float(scfg.flag_threshold)
     apply_den = denoiser_fn(denoiser)
 
     def encode(p, x):

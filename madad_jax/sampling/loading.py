@@ -10,6 +10,7 @@ import os
 from typing import Any, NamedTuple
 
 import ml_collections
+from etils import epath
 
 from madad_jax.config import default_config
 from madad_jax.core import checkpoint as ckpt
@@ -49,10 +50,31 @@ def restore(path: str | os.PathLike, step: int | None = None, ema: bool = True) 
         raise BadInputError(err.path, err.problem) from err
 
 
+# `evaluate.checkpoint` -> the directory of a training run that holds it.
+RUN_CHECKPOINTS = {"latest": "", "best_loss": "best_checkpoint", "best_mse": "best_mse",
+                   "best_mask_prediction": "best_mask_prediction"}
+
+
+def run_checkpoint(config, workdir: str) -> str:
+    """The checkpoint a run reads: `config.checkpoint`, else the one of the workdir that
+    `evaluate.checkpoint` names (latest | best_mse | best_mask_prediction | best_loss)."""
+    if config.checkpoint:
+        return config.checkpoint
+    which = config.evaluate.checkpoint
+    if which not in RUN_CHECKPOINTS:
+        raise ValueError(f"evaluate.checkpoint must be one of {tuple(RUN_CHECKPOINTS)}, "
+                         f"not {which!r}")
+    path = os.path.join(workdir, RUN_CHECKPOINTS[which]) if RUN_CHECKPOINTS[which] else workdir
+    if which != "latest" and not epath.Path(path).exists():
+        raise BadInputError(path, f"no {which} checkpoint (evaluate.checkpoint={which}; it is "
+                                  "written by training with validation data)")
+    return path
+
+
 def restore_for_run(config, workdir: str) -> Restored:
-    """The checkpoint a run reads: `config.checkpoint`, else the workdir's latest; the EMA
-    weights unless `evaluate.use_ema` is off."""
-    return restore(config.checkpoint or workdir, ema=bool(config.evaluate.get("use_ema", True)))
+    """The checkpoint a run reads (`run_checkpoint`); the EMA weights unless
+    `evaluate.use_ema` is off."""
+    return restore(run_checkpoint(config, workdir), ema=bool(config.evaluate.use_ema))
 
 
 def config_from_checkpoint(

@@ -13,11 +13,12 @@ repeats the uninterrupted run bit for bit (on CPU)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -135,18 +136,33 @@ def make_train_step(config, tx: optax.GradientTransformation,
     return train_step
 
 
+def validation_masking(config) -> ml_collections.ConfigDict:
+    """The config the reference's validation masks with: its own patch probabilities and
+    noised fraction (`diffusion.val_patch_probs`, `val_max_noised_frac`), a new value."""
+    d = config.diffusion
+    view = ml_collections.ConfigDict(config.to_dict())
+    view.diffusion.update(patch_probs=tuple(d.val_patch_probs),
+                          max_noised_frac=float(d.val_max_noised_frac))
+    return view
+
+
 def make_eval_step(config, norm: LatentNorm | None = None) -> Callable:
-    """`eval_step(params, batch, key) -> metrics`: the loss without dropout (validation)."""
+    """`eval_step(params, batch, key) -> metrics`: the loss without dropout (validation).
+
+    With `train.validation=reference` the clean masks are drawn as the reference's
+    validation draws them (`validation_masking`); a `weight` key marks a padded last batch.
+    """
     vae = build_vae(config, dtype=config.model.dtype)
     apply_fn = denoiser_fn(build_denoiser(config))
     norm = LatentNorm.from_config(config) if norm is None else norm
+    loss_cfg = validation_masking(config) if config.train.validation == "reference" else config
 
     def eval_step(params, batch, key):
         k_post, k_loss = jax.random.split(key)
         z0 = batch_latents(vae, params["vae"], batch, k_post, norm)
         mask = _mask2d(batch.get("brainmask"))
-        _, aux = diffusion.loss_fn(apply_fn, params["denoiser"], z0, mask, k_loss, config,
-                                   train=False)
+        _, aux = diffusion.loss_fn(apply_fn, params["denoiser"], z0, mask, k_loss, loss_cfg,
+                                   train=False, weight=batch.get("weight"))
         return aux
 
     return eval_step
@@ -184,13 +200,37 @@ class DenoiserTask(ShardedTask):
     def step_fn(self, step: int) -> Callable:
         return self.step
 
-    def validate(self, state: State, batches: list[Batch]) -> dict[str, float]:
-        """Mean loss terms over fixed batches with fixed keys (comparable across steps)."""
-        key = jax.random.PRNGKey(int(self.config.train.seed) + 1_000_003)
+    @property
+    def best_copies(self) -> tuple[tuple[str, str], ...]:
+        if self.config.train.validation == "reference":  # the reference's two best files
+            return (("best_mse", "mse_sum"), ("best_mask_prediction", "mask_loss_sum"))
+        return (("best_checkpoint", "loss"),)
+
+    def validate(self, state: State, batches: Iterable[Batch]) -> dict[str, float]:
+        """Mean loss terms over the validation batches with fixed keys (comparable across
+        steps), and, as the reference sums them, `mse_sum` / `mask_loss_sum`."""
+        t = self.config.train
+        seed = int(t.val_seed) if t.validation == "reference" else int(t.seed) + 1_000_003
+        key = jax.random.PRNGKey(seed)
         rows = [self.eval(state["params"], self.put_batch(b), jax.random.fold_in(key, i))
                 for i, b in enumerate(batches)]
         rows = jax.device_get(rows)
-        return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        out.update(mse_sum=float(np.sum([r["mse"] for r in rows])),
+                   mask_loss_sum=float(np.sum([r["mask_loss"] for r in rows])))
+        return out
+
+
+def epoch_settings(tcfg, steps_per_epoch: int | None) -> dict[str, int]:
+    """The loop's epoch-based settings: validation every `val_every_epochs` epochs after the
+    first (as the reference validates after epochs 11, 21, ...), LR logs per epoch."""
+    if not steps_per_epoch:
+        return {}
+    out = {"steps_per_epoch": int(steps_per_epoch)}
+    if tcfg.validation == "reference":
+        out.update(val_every=int(tcfg.val_every_epochs) * int(steps_per_epoch),
+                   val_after=int(steps_per_epoch))
+    return out
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -216,6 +256,7 @@ def train_loop(
     mesh = mesh_lib.make_mesh(config) if mesh is None else mesh
     vae_abstract = jax.eval_shape(lambda: init_vae_params(config, jax.random.PRNGKey(0)))
     task = DenoiserTask(config, mesh, vae_abstract, vae_params, norm, steps_per_epoch)
-    settings = LoopSettings.of("train", checkpoint_dir(workdir), config.train)
+    settings = LoopSettings.of("train", checkpoint_dir(workdir), config.train,
+                               **epoch_settings(config.train, steps_per_epoch))
     return train(task, workdir, batches, settings, arch=ckpt.arch_from_config(config),
                  config_json=config_json(config), val_batches=val_batches)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 import jax
@@ -23,6 +24,8 @@ from madad_jax.training.logger import Logger
 
 State = dict[str, Any]
 Batch = dict[str, Any]
+# Validation data: fixed batches, or a function that yields the whole split anew.
+ValBatches = list[Batch] | Callable[[], Iterable[Batch]]
 
 
 class Task(Protocol):
@@ -46,9 +49,13 @@ class Task(Protocol):
     def best_params(self, state: State) -> Any:
         """The parameters a best-by-validation copy keeps."""
 
+    best_copies: tuple[tuple[str, str], ...]  # (directory under the workdir, metric to minimize)
+
 
 class ShardedTask:
     """The set-up every task shares: the state's shardings on a mesh, jitted init and steps."""
+
+    best_copies: tuple[tuple[str, str], ...] = (("best_checkpoint", "loss"),)
 
     def __init__(self, mesh, init_state: Callable[..., State], param_sharding: str,
                  *init_args: Any):
@@ -97,29 +104,35 @@ class LoopSettings:
     log_every: int
     checkpoint_every: int
     keep: int
-    val_every: int = 0
+    val_every: int = 0  # validate every this many steps (0: at checkpoint saves)
+    val_after: int = 0  # > 0: only after this step, at steps = val_after (mod val_every)
+    steps_per_epoch: int = 0  # > 0: log the LR and the batch's real samples at each epoch end
 
     @classmethod
-    def of(cls, name: str, ckpt_dir: str, section, num_steps: int | None = None) -> LoopSettings:
+    def of(cls, name: str, ckpt_dir: str, section, num_steps: int | None = None,
+           **overrides: int) -> LoopSettings:
         """From a config section holding the usual `*_steps` / `keep_checkpoints` keys."""
-        return cls(name, ckpt_dir,
-                   num_steps=int(section.num_steps if num_steps is None else num_steps),
-                   batch_size=int(section.batch_size), log_every=int(section.log_every_steps),
-                   checkpoint_every=int(section.checkpoint_every_steps),
-                   keep=int(section.keep_checkpoints),
-                   val_every=int(section.val_every_steps))
+        kw = dict(num_steps=int(section.num_steps if num_steps is None else num_steps),
+                  batch_size=int(section.batch_size), log_every=int(section.log_every_steps),
+                  checkpoint_every=int(section.checkpoint_every_steps),
+                  keep=int(section.keep_checkpoints), val_every=int(section.val_every_steps))
+        return cls(name, ckpt_dir, **dict(kw, **overrides))
+
+    def validates_at(self, done: int) -> bool:
+        """Whether validation runs after step `done`."""
+        every = self.val_every or max(self.checkpoint_every, 1)
+        if self.val_after <= 0:
+            return done % every == 0 or done == self.num_steps
+        return done > self.val_after and done % every == self.val_after % every
 
 
 def train(task: Task, workdir: str, batches: Iterator[Batch], settings: LoopSettings,
           arch: dict[str, Any], config_json: dict[str, Any],
-          val_batches: list[Batch] | None = None) -> State:
+          val_batches: ValBatches | None = None) -> State:
     """Check the batch size against the mesh, then `fit` `task` as `settings` say."""
     check_batch_size(settings.batch_size, task.mesh)
-    return fit(task, workdir, settings.ckpt_dir, batches, num_steps=settings.num_steps,
-               batch_size=settings.batch_size, log_every=settings.log_every,
-               checkpoint_every=settings.checkpoint_every, keep=settings.keep, arch=arch,
-               config_json=config_json, name=settings.name, val_batches=val_batches,
-               val_every=settings.val_every)
+    return fit(task, workdir, batches, settings, arch=arch, config_json=config_json,
+               val_batches=val_batches)
 
 
 class TrainingDiverged(RuntimeError):
@@ -153,32 +166,25 @@ def _mean_rows(rows: list[tuple[int, dict]]) -> dict[str, float]:
 
 
 def fit(
-    task,
+    task: Task,
     workdir: str,
-    ckpt_dir: str,
     batches: Iterator[Batch],
+    settings: LoopSettings,
     *,
-    num_steps: int,
-    batch_size: int,
-    log_every: int,
-    checkpoint_every: int,
-    keep: int,
     arch: dict[str, Any],
     config_json: dict[str, Any],
-    name: str = "train",
-    val_batches: list[Batch] | None = None,
-    val_every: int = 0,
+    val_batches: ValBatches | None = None,
 ) -> State:
     """The resumable training loop shared by the denoiser and the autoencoder.
 
-    `task` provides `abstract` / `shardings` (the state), `init()`, `step_fn(step)` (the
-    jitted step to run at `step`), `put_batch(local)` and, for validation,
-    `validate(state, batches)` and `best_params(state)`. The loop resumes from the newest
-    checkpoint in `ckpt_dir`, restoring the data iterator too; it checks every step's
-    metrics for NaN/Inf before each save, so a bad state is never written.
+    The loop resumes from the newest checkpoint in `settings.ckpt_dir`, restoring the data
+    iterator too; it checks every step's metrics for NaN/Inf before each save, so a bad state
+    is never written. With `val_batches` (a list, or a function that yields the batches anew)
+    it validates as `settings.validates_at` says and keeps one best copy per entry of
+    `task.best_copies` in `workdir/<name>/`.
     """
-    mngr = ckpt.train_manager(ckpt_dir, keep)
-    best = None
+    s, name, ckpt_dir = settings, settings.name, settings.ckpt_dir
+    mngr = ckpt.train_manager(ckpt_dir, s.keep)
     latest = mngr.latest_step()
     if latest is not None:
         state, data_state = ckpt.restore_train_state(mngr, latest, task.abstract)
@@ -190,24 +196,29 @@ def fit(
     else:
         state = task.init()
         start = 0
-    log = Logger(workdir, start, num_steps, batch_size, name=name)
+    log = Logger(workdir, start, s.num_steps, s.batch_size, name=name)
     if latest is not None:
         log.message(f"[{name}] resuming from {ckpt_dir} at step {latest}")
+    copies = {}
     if val_batches:
-        best = ckpt.best_manager(os.path.join(workdir, "best_checkpoint"))
-    log_every, checkpoint_every = max(int(log_every), 1), max(int(checkpoint_every), 1)
-    val_every = int(val_every) or checkpoint_every
-    best_loss = ckpt.best_loss(best)
+        copies = {d: (metric, ckpt.best_manager(os.path.join(workdir, d)))
+                  for d, metric in task.best_copies}
+    best = {d: float(ckpt.best_metrics(m).get(metric, math.inf))
+            for d, (metric, m) in copies.items()}
+    log_every, checkpoint_every = max(s.log_every, 1), max(s.checkpoint_every, 1)
     last_good = latest
     pending: list[tuple[int, dict]] = []
     logged: dict[str, float] = {}
     try:
-        for step in range(start, num_steps):
+        for step in range(start, s.num_steps):
             local = next(batches)
             state, metrics = task.step_fn(step)(state, task.put_batch(local))
             done = step + 1
             pending.append((done, metrics))
-            save = done % checkpoint_every == 0 or done == num_steps
+            save = done % checkpoint_every == 0 or done == s.num_steps
+            if s.steps_per_epoch and done % s.steps_per_epoch == 0:
+                log.scalars(done, _epoch_row(metrics, done // s.steps_per_epoch),
+                            prefix=f"{name}_epoch")
             if done % log_every == 0 or save:
                 rows = _host_metrics(pending)
                 pending = []
@@ -219,23 +230,33 @@ def fit(
                 ckpt.save_train_state(mngr, done, state, arch, config_json, data_state,
                                       logged)
                 last_good = done
-            if best is not None and (done % val_every == 0 or done == num_steps):
-                vm = task.validate(state, val_batches)
+            if copies and s.validates_at(done):
+                vm = task.validate(state, val_batches() if callable(val_batches)
+                                   else val_batches)
                 log.scalars(done, vm, prefix=f"{name}_val")
-                if vm["loss"] < best_loss:
-                    best_loss = vm["loss"]
-                    ckpt.save_best(best, done, task.best_params(state), arch, vm)
+                for d, (metric, m) in copies.items():
+                    if vm[metric] < best[d]:
+                        best[d] = vm[metric]
+                        ckpt.save_best(m, done, task.best_params(state), arch, vm)
+                        log.message(f"[{name}] step {done}: best {metric} "
+                                    f"{vm[metric]:.5g} -> {os.path.join(workdir, d)}")
             log.step(done)
-        if start >= num_steps:
-            log.message(f"[{name}] {ckpt_dir} already holds step {start} >= {num_steps} steps")
+        if start >= s.num_steps:
+            log.message(f"[{name}] {ckpt_dir} already holds step {start} >= {s.num_steps} steps")
     finally:
         mngr.wait_until_finished()
         mngr.close()
-        if best is not None:
-            best.wait_until_finished()
-            best.close()
+        for _, m in copies.values():
+            m.wait_until_finished()
+            m.close()
         log.close()
     return state
+
+
+def _epoch_row(metrics: dict[str, jax.Array], epoch: int) -> dict[str, float]:
+    """The LR in force during the epoch that just ended, and its last batch's real samples."""
+    got = jax.device_get({k: metrics[k] for k in ("lr", "real_samples") if k in metrics})
+    return dict({k: float(v) for k, v in got.items()}, epoch=float(epoch))
 
 
 def config_json(config) -> dict[str, Any]:

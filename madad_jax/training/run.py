@@ -30,8 +30,9 @@ def run(config, workdir: str) -> State:
     batches = sources.train_batches(cfg, path, int(cfg.train.batch_size),
                                     latents=bool(plan.latent_cache),
                                     exact_epochs=bool(cfg.train.exact_epochs))
-    return train_loop(cfg, workdir, batches, plan.vae_params, sources.validation_batches(cfg),
-                      norm=plan.norm, steps_per_epoch=plan.steps_per_epoch)
+    val = sources.validation_batches(cfg, workdir)
+    return train_loop(cfg, workdir, batches, plan.vae_params, val, norm=plan.norm,
+                      steps_per_epoch=plan.steps_per_epoch)
 
 
 def run_autoencoder(config, workdir: str) -> Any:
