@@ -45,7 +45,8 @@ class Logger:
         for k, v in values.items():
             self.writer.add_scalar(f"{prefix}/{k}", v, step)
         self.writer.flush()
-        self.bar.set_postfix_str(f"loss {values.get('loss', float('nan')):.4g}", refresh=False)
+        if "loss" in values:
+            self.bar.set_postfix_str(f"loss {values['loss']:.4g}", refresh=False)
         shown = " ".join(f"{k} {v:.4g}" for k, v in values.items())
         self.bar.write(f"[{prefix}] step {step}: {shown}", file=sys.stderr)
 
