@@ -20,3 +20,39 @@ def case_dir() -> Path:
     if not CASE.exists():
         pytest.skip(f"parity fixtures not found at {CASE}")
     return CASE
+
+
+@pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory):
+    """Share compiled programs between a module's tests (identical programs recur).
+
+    A module opts in with `pytestmark = pytest.mark.usefixtures("compilation_cache")`.
+    """
+    import jax
+
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+            "jax_persistent_cache_min_entry_size_bytes")
+    old = {k: getattr(jax.config, k) for k in keys}
+    jax.config.update(keys[0], str(tmp_path_factory.mktemp("jax_cache")))
+    jax.config.update(keys[1], 0.0)
+    jax.config.update(keys[2], -1)
+    yield
+    for k, v in old.items():
+        jax.config.update(k, v)
+
+
+def import_case(case_dir: Path, out: Path, vae: str = "vae.safetensors") -> str:
+    """The fixture's reference weights imported as a checkpoint at `out`."""
+    from madad_jax.interop import import_reference
+
+    rc = import_reference.main([f"--arch={case_dir / 'case.json'}",
+                                f"--unet={case_dir / 'unet.safetensors'}",
+                                f"--vae={case_dir / vae}", f"--out={out}"])
+    assert rc == 0
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def fixture_ckpt(tmp_path_factory, case_dir) -> str:
+    """The inference fixture's reference weights, imported once per module."""
+    return import_case(case_dir, tmp_path_factory.mktemp("ckpt") / "official")

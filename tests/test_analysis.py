@@ -10,18 +10,7 @@ from madad_jax import analysis
 from madad_jax.config import default_config
 from madad_jax.core import checkpoint as ckpt
 from madad_jax.data.errors import BadInputError
-from madad_jax.interop import import_reference
 from madad_jax.models import AutoencoderKL, UNet
-
-
-@pytest.fixture(scope="module")
-def fixture_ckpt(tmp_path_factory, case_dir):
-    out = tmp_path_factory.mktemp("ckpt") / "official"
-    rc = import_reference.main([f"--arch={case_dir / 'case.json'}",
-                                f"--unet={case_dir / 'unet.safetensors'}",
-                                f"--vae={case_dir / 'vae.safetensors'}", f"--out={out}"])
-    assert rc == 0
-    return str(out)
 
 
 def test_load_imported_checkpoint_and_run_it(fixture_ckpt, case_dir):

@@ -8,6 +8,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import import_case
 from safetensors.numpy import load_file
 
 from madad_jax.core import checkpoint
@@ -31,10 +32,7 @@ def _same_bits(got, want):
 @pytest.fixture(scope="module")
 def imported(case_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "ckpt"
-    code = import_reference.main([f"--arch={case_dir / 'case.json'}",
-                                  f"--unet={case_dir / 'unet.safetensors'}",
-                                  f"--vae={case_dir / 'vae_official.pt'}", f"--out={out}"])
-    assert code == 0
+    import_case(case_dir, out, vae="vae_official.pt")
     return out
 
 

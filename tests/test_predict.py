@@ -14,7 +14,6 @@ from madad_jax.config import default_config
 from madad_jax.data import nifti
 from madad_jax.data.errors import BadInputError
 from madad_jax.evaluation import figures, predict
-from madad_jax.interop import import_reference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (40, 48, 36)
@@ -52,16 +51,6 @@ def _make_scan(folder):
         "brain": brain,
         "image": img,
     }
-
-
-@pytest.fixture(scope="module")
-def fixture_ckpt(tmp_path_factory, case_dir):
-    out = tmp_path_factory.mktemp("ckpt") / "official"
-    rc = import_reference.main([f"--arch={case_dir / 'case.json'}",
-                                f"--unet={case_dir / 'unet.safetensors'}",
-                                f"--vae={case_dir / 'vae.safetensors'}", f"--out={out}"])
-    assert rc == 0
-    return str(out)
 
 
 def _config(ckpt, scan, out, **predict_kw):

@@ -11,19 +11,7 @@ from madad_jax.core import checkpoint, mesh
 from madad_jax.training import denoiser as denoiser_task
 from madad_jax.training import loop, optimizer
 
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """Share compiled steps between the tests of this module (identical programs recur)."""
-    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-            "jax_persistent_cache_min_entry_size_bytes")
-    old = {k: getattr(jax.config, k) for k in keys}
-    jax.config.update(keys[0], str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update(keys[1], 0.0)
-    jax.config.update(keys[2], -1)
-    yield
-    for k, v in old.items():
-        jax.config.update(k, v)
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 def _task(config, devices=None):

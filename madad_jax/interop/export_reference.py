@@ -18,12 +18,12 @@ import os
 import shutil
 import sys
 import tempfile
-import traceback
 from typing import Any
 
 import jax
 import numpy as np
 
+from madad_jax.core.cli import OneLineParser, run_command
 from madad_jax.interop.import_reference import torch_name
 from madad_jax.models import UNET_KEYS, VAE_KEYS
 from madad_jax.sampling.loading import restore
@@ -104,17 +104,9 @@ def whitening(arch: dict[str, Any]) -> dict[str, np.ndarray] | None:
 # ---------------------------------------------------------------------------- command line
 
 
-class _UsageError(Exception):
-    pass
-
-
 def _parse(argv: list[str]) -> argparse.Namespace:
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):  # one line, exit code 2, no usage dump
-            raise _UsageError(message)
-
-    p = Parser(prog="python -m madad_jax.export_reference",
-               description="Export a checkpoint as the reference's safetensors weights.")
+    p = OneLineParser(prog="python -m madad_jax.export_reference",
+                      description="Export a checkpoint as the reference's safetensors weights.")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory or workdir")
     p.add_argument("--out", required=True, help="output directory (must not exist, or be empty)")
     p.add_argument("--allow-whitening", action="store_true",
@@ -170,25 +162,11 @@ def run(args: argparse.Namespace) -> tuple[str, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    verbose = "--verbose" in argv
-    try:
-        args = _parse(argv)
-    except _UsageError as e:
-        print(f"export_reference: usage error: {e}", file=sys.stderr)
-        return 2
-    try:
+    def body(args: argparse.Namespace) -> list[str]:
         out, notes = run(args)
-    except Exception as e:  # noqa: BLE001 - one line per error, as CONTRACT asks
-        if verbose:
-            traceback.print_exc()
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"export_reference: error: {msg}", file=sys.stderr)
-        return 1
-    for note in notes:
-        print(f"note: {note}")
-    print(f"wrote {out}")
-    return 0
+        return [f"note: {note}" for note in notes] + [f"wrote {out}"]
+
+    return run_command("export_reference", _parse, body, argv)
 
 
 if __name__ == "__main__":

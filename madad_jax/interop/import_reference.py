@@ -15,7 +15,6 @@ import json
 import os
 import re
 import sys
-import traceback
 from typing import Any
 
 import jax
@@ -23,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from madad_jax.core import checkpoint, files
+from madad_jax.core.cli import OneLineParser, run_command
 from madad_jax.models import UNET_KEYS, VAE_KEYS, unet_kwargs, vae_kwargs
 from madad_jax.models.presets import UNET_PRESETS, medical_vae, unet
 from madad_jax.models.unet import UNet
@@ -199,17 +199,10 @@ def preset_reference(preset: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- command line
 
 
-class _UsageError(Exception):
-    pass
-
-
 def _parse(argv: list[str]) -> argparse.Namespace:
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):  # one line, exit code 2, no usage dump
-            raise _UsageError(message)
-
-    p = Parser(prog="python -m madad_jax.import_reference",
-               description="Import the reference's UNet and VAE weights as an Orbax checkpoint.")
+    p = OneLineParser(prog="python -m madad_jax.import_reference",
+                      description="Import the reference's UNet and VAE weights as an "
+                                  "Orbax checkpoint.")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--arch", help="ARCH.json (image_size, latent_scale, unet, vae)")
     g.add_argument("--unet-preset", choices=["UNet_XS", "UNet_S", "UNet_M", "UNet_L"])
@@ -260,23 +253,7 @@ def run(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    verbose = "--verbose" in argv
-    try:
-        args = _parse(argv)
-    except _UsageError as e:
-        print(f"import_reference: usage error: {e}", file=sys.stderr)
-        return 2
-    try:
-        out = run(args)
-    except Exception as e:  # noqa: BLE001 - one line per error, as CONTRACT asks
-        if verbose:
-            traceback.print_exc()
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"import_reference: error: {msg}", file=sys.stderr)
-        return 1
-    print(f"wrote {out}")
-    return 0
+    return run_command("import_reference", _parse, lambda args: [f"wrote {run(args)}"], argv)
 
 
 if __name__ == "__main__":
