@@ -17,10 +17,12 @@ default to `data/brats/{MODALITY}`; set `--config.data.train_path=...`, `val_pat
 `test_path` to point elsewhere. Running the same command again resumes.
 
 Reference settings: UNet_L (model_channels 256, 8 heads, dropout 0.4), AdamW lr 4e-5,
-weight decay 1e-4, batch 96, 200 epochs with a cosine schedule after 10 warm-up epochs
-(`train.num_epochs` / `warmup_epochs` turn into steps from the training set's size; the
-schedule is stepped per optimizer step rather than per epoch), no EMA, no gradient clipping,
-augmentation (rotation 5 degrees, translation, brightness/contrast, each with p 0.5).
+weight decay 1e-4, batch 96, 200 epochs, no EMA, no gradient clipping, and the authors'
+training recipe (`configs/common.reference_recipe`, README "Training recipe"): the LR stepped
+once per epoch (10 warm-up epochs, cosine over 1.2 x the epochs), exact epochs with a partial
+last batch, their augmentations (+5 degrees, +8 px, brightness/contrast, each with p 0.5),
+validation on the whole val split every 10 epochs with best copies by val MSE and by val mask
+loss (`--config.evaluate.checkpoint=best_mse` evaluates one), empty-mask slices kept.
 """
 
 import ml_collections

@@ -18,7 +18,7 @@ Train and evaluate:
 `configs/vae.py`). The paper reports F1-max (its "global max Dice") for this setting,
 overall and by lesion size; `DIR/evaluate/metrics.json` holds `f1_max` with the other
 metrics. Paths: `--config.data.train_path`, `val_path` (IXI) and `test_path` (ATLAS).
-Hyperparameters are the reference's (see configs/brats.py).
+Hyperparameters and the training recipe are the reference's (see configs/brats.py).
 """
 
 import ml_collections
