@@ -19,13 +19,15 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from madad_jax.config import MODES, validate
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a configs/*.py file defining get_config().", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, results.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show full tracebacks and library logs.")
 
-MODES = ("train", "evaluate", "predict", "train_and_evaluate", "train_vae")
+__all__ = ["MODES", "main", "run"]
 
 
 def bad_input_errors() -> tuple[type[BaseException], ...]:
@@ -128,6 +130,8 @@ def main(argv: list[str]) -> None:
         absl_logging.set_verbosity(absl_logging.WARNING)
     try:
         initialize_distributed(config)
+        # Every key's rule, before anything is written (after initialize: it may ask jax).
+        validate(config, workdir=_WORKDIR.value)
         run(config, _WORKDIR.value)
     except KeyboardInterrupt:
         if verbose:
