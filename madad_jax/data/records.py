@@ -15,6 +15,7 @@ each shard set has a JSON manifest `{split}.manifest.json`.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import re
@@ -173,6 +174,33 @@ def count_records(path: str | os.PathLike) -> int:
         return reader.num_records()
     finally:
         reader.close()
+
+
+def file_identity(path: str | os.PathLike) -> dict[str, Any]:
+    """A finished file's size and sha256, recorded to check it before it is trusted again."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"size": os.path.getsize(path), "sha256": digest.hexdigest()}
+
+
+def shard_problem(path: str | os.PathLike, expected: Mapping[str, Any]) -> str | None:
+    """Why the shard at `path` no longer matches `expected` (its `num_records` and, where
+    recorded, its `size` and `sha256`), or None when it still does."""
+    try:
+        if "size" in expected and os.path.getsize(path) != expected["size"]:
+            return f"size {os.path.getsize(path)} != {expected['size']} bytes"
+        if "sha256" in expected and file_identity(path)["sha256"] != expected["sha256"]:
+            return "checksum differs"
+        n = count_records(path)
+    except FileNotFoundError:
+        return "missing"
+    except Exception as err:  # noqa: BLE001 (the reader raises plain RuntimeError)
+        return f"unreadable ({' '.join(str(err).split())[:200]})"
+    if "num_records" in expected and n != expected["num_records"]:
+        return f"{n} records != {expected['num_records']}"
+    return None
 
 
 def read_json(path: str | os.PathLike) -> Any:
