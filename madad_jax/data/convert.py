@@ -429,9 +429,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BadInputError, ValueError, OSError) as err:
         if args.verbose:
             raise
-        named = isinstance(err, OSError) and err.filename
-        where = f"{err.filename}: {err.strerror or err}" if named else ""
-        print(f"error: {' '.join((where or str(err)).split())}", file=sys.stderr)
+        if isinstance(err, OSError):  # a full disk, a read-only output, ...
+            err = f"{err.filename or args.output}: {err.strerror or err}"
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1
     for split, m in manifests.items():
         print(f"{split}: {m['num_records']} slices from {len(m['subjects'])} subjects "

@@ -14,6 +14,8 @@ each shard set has a JSON manifest `{split}.manifest.json`.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -96,6 +98,20 @@ def is_shard_file(name: str, split: str | None = None) -> bool:
     return bool(m) and (split is None or m["split"] == split)
 
 
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO)
+
+
+def _os_error(err: BaseException, path: str) -> BaseException:
+    """The ArrayRecord writer's RuntimeError about a failed write as an OSError naming `path`
+    (what the one-line error reporting expects); other errors as they are."""
+    if not isinstance(err, RuntimeError):
+        return err
+    for code in _WRITE_ERRNOS:
+        if os.strerror(code) in str(err):
+            return OSError(code, os.strerror(code), path)
+    return err
+
+
 class ShardWriter:
     """Write records to `path` atomically: a temporary file, renamed on `close()`.
 
@@ -119,7 +135,10 @@ class ShardWriter:
     def write(self, record: bytes | Mapping[str, Any]) -> None:
         if not isinstance(record, bytes):
             record = encode_record(record)
-        self._writer.write(record)
+        try:
+            self._writer.write(record)
+        except RuntimeError as err:
+            raise _os_error(err, self.path) from err
         self.num_records += 1
 
     def close(self) -> None:
@@ -127,12 +146,13 @@ class ShardWriter:
             self._writer.close()
         except BaseException as err:
             self._target.__exit__(type(err), err, err.__traceback__)
-            raise
+            raise _os_error(err, self.path) from err
         self._target.__exit__(None, None, None)
 
     def abort(self) -> None:
         try:
-            self._writer.close()
+            with contextlib.suppress(RuntimeError):  # e.g. the disk that failed the write
+                self._writer.close()
         finally:
             err = RuntimeError("shard write aborted")
             self._target.__exit__(type(err), err, None)
