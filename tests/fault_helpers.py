@@ -31,6 +31,17 @@ def env(cache: Path) -> dict[str, str]:
     return out
 
 
+def shared_cache(tmp_path_factory) -> Path:
+    """One compilation cache for the whole session: the lock and fault tests run the same
+    tiny programs."""
+    return tmp_path_factory.getbasetemp() / "fault_jax_cache"
+
+
+# The tiny training every row runs: two checkpoints, so a kill can land between them.
+STEPS = 2
+TRAIN = (f"--config.train.num_steps={STEPS}", "--config.train.checkpoint_every_steps=1")
+
+
 def train_inputs(root: Path) -> tuple[Path, Path]:
     """A training shard of 24 slices and a random VAE checkpoint under `root`."""
     from train_helpers import make_slices, save_vae, tiny_config, write_shards

@@ -42,9 +42,7 @@ needs_os_errors = pytest.mark.xfail(strict=False, reason="needs one-line OS erro
 needs_predict = pytest.mark.xfail(strict=False, run=False,
                                   reason="needs predict input checks (issue 14)")
 
-# The tiny training of every row: two checkpoints, so a kill lands between them.
-STEPS = 2
-TRAIN = (f"--config.train.num_steps={STEPS}", "--config.train.checkpoint_every_steps=1")
+STEPS, TRAIN = fh.STEPS, fh.TRAIN
 VAE = ("--config.mode=train_vae", f"--config.vae_train.num_steps={STEPS}",
        "--config.vae_train.checkpoint_every_steps=1")
 
@@ -53,7 +51,8 @@ VAE = ("--config.mode=train_vae", f"--config.vae_train.num_steps={STEPS}",
 def ctx(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
     data, vae = fh.train_inputs(root / "in")
-    return {"root": root, "env": fh.env(root / "jax_cache"), "data": data, "vae": vae}
+    environ = fh.env(fh.shared_cache(tmp_path_factory))
+    return {"root": root, "env": environ, "data": data, "vae": vae}
 
 
 def _kill_then_rerun(cmd, environ, folder: Path):

@@ -33,12 +33,11 @@ def _paused_holder(cmd, environ, lock):
     return proc
 
 
-def test_second_training_in_a_held_workdir_refuses(tmp_path):
-    environ = fh.env(tmp_path / "jax_cache")
+def test_second_training_in_a_held_workdir_refuses(tmp_path, tmp_path_factory):
+    environ = fh.env(fh.shared_cache(tmp_path_factory))
     data, vae = fh.train_inputs(tmp_path / "in")
     workdir = tmp_path / "run"
-    cmd = fh.main_cmd(workdir, data, vae, "--config.train.num_steps=3",
-                   "--config.train.checkpoint_every_steps=3")
+    cmd = fh.main_cmd(workdir, data, vae, *fh.TRAIN)
     first = _paused_holder(cmd, environ, workdir / ".lock")
     try:
         before = sorted(os.listdir(workdir))
@@ -54,7 +53,7 @@ def test_second_training_in_a_held_workdir_refuses(tmp_path):
         os.kill(first.pid, signal.SIGCONT)
     _, err = first.communicate(timeout=600)
     assert first.returncode == 0, err[-3000:]
-    assert (workdir / "checkpoints" / "3").is_dir()
+    assert (workdir / "checkpoints" / str(fh.STEPS)).is_dir()
     assert not (workdir / ".lock").exists()
 
 
