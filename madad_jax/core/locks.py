@@ -73,7 +73,7 @@ def _stale(path: str, owner: dict | None) -> tuple[bool, str]:
             age = time.time() - os.stat(path).st_mtime
         except FileNotFoundError:
             return True, ""
-        return age > _HALF_WRITTEN_S, ""
+        return age > _HALF_WRITTEN_S, "; its lock file is being written or unreadable"
     if owner.get("host") != socket.gethostname():
         return False, "; held from another host, so it is not reclaimed automatically"
     pid = owner.get("pid")
