@@ -107,6 +107,20 @@ def run(config, workdir: str) -> None:
     mode = config.mode
     if mode not in MODES:
         raise ValueError(f"config.mode must be one of {MODES}, not {mode!r}")
+    with _workdir_lock(config, workdir):
+        _run_mode(config, workdir, mode)
+
+
+def _workdir_lock(config, workdir: str):
+    """The workdir's lock (process 0 only) for every mode that writes into it."""
+    from madad_jax.core import hosts, locks
+
+    what = {"evaluate": "evaluation", "predict": "prediction"}.get(config.mode, "training")
+    writes = config.mode != "predict" or not config.predict.output
+    return locks.hold(workdir, what, enabled=writes and hosts.is_main())
+
+
+def _run_mode(config, workdir: str, mode: str) -> None:
     if mode in ("train", "train_and_evaluate"):
         importlib.import_module("madad_jax.training.run").run(config, workdir)
     if mode in ("evaluate", "train_and_evaluate"):

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from madad_jax.core import locks
 from madad_jax.data import png, preprocess
 from madad_jax.data.errors import BadInputError, check_policy
 from madad_jax.data.nifti import load_subject
@@ -423,38 +424,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        if args.source == "nifti":
-            layout = dict(LAYOUTS[args.layout])
-            for role, value in (("image", args.image_pattern), ("brainmask", args.mask_pattern),
-                                ("segmentation", args.seg_pattern)):
-                if value is not None:
-                    layout[role] = value or None
-            manifests = convert_nifti(
-                args.input, args.output, modality=args.modality, image_size=args.image_size,
-                layout=layout, split=args.split, split_dirs=args.split_dirs,
-                fractions=parse_fractions(args.fractions),
-                split_file=args.split_file, seed=args.seed, policies=args.policy,
-                axis=args.axis, percentiles=[float(x) for x in args.percentiles.split(",")],
-                fit=args.fit, min_brain_fraction=args.min_brain_fraction,
-                middle_fraction=args.middle_fraction, subjects_per_shard=args.subjects_per_shard,
-                bad_input=args.bad_input, progress=not args.no_progress,
-            )
-        else:
-            manifests = convert_png(
-                args.input, args.output, modality=args.modality, image_size=args.image_size,
-                splits=[s for s in args.splits.split(",") if s],
-                slices_per_shard=args.slices_per_shard, bad_input=args.bad_input,
-                progress=not args.no_progress, keep_empty_brainmask=args.keep_empty_brainmask,
-            )
-    except (BadInputError, ValueError) as err:
+        with locks.hold(args.output, "conversion"):
+            manifests = _convert(args)
+    except (BadInputError, ValueError, OSError) as err:
         if args.verbose:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        if isinstance(err, OSError):  # a full disk, a read-only output, ...
+            err = f"{err.filename or args.output}: {err.strerror or err}"
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1
     for split, m in manifests.items():
         print(f"{split}: {m['num_records']} slices from {len(m['subjects'])} subjects "
               f"in {len(m['shards'])} shard(s), {len(m['skipped'])} input(s) skipped")
     return 0
+
+
+def _convert(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    if args.source == "nifti":
+        layout = dict(LAYOUTS[args.layout])
+        for role, value in (("image", args.image_pattern), ("brainmask", args.mask_pattern),
+                            ("segmentation", args.seg_pattern)):
+            if value is not None:
+                layout[role] = value or None
+        return convert_nifti(
+            args.input, args.output, modality=args.modality, image_size=args.image_size,
+            layout=layout, split=args.split, split_dirs=args.split_dirs,
+            fractions=parse_fractions(args.fractions),
+            split_file=args.split_file, seed=args.seed, policies=args.policy,
+            axis=args.axis, percentiles=[float(x) for x in args.percentiles.split(",")],
+            fit=args.fit, min_brain_fraction=args.min_brain_fraction,
+            middle_fraction=args.middle_fraction, subjects_per_shard=args.subjects_per_shard,
+            bad_input=args.bad_input, progress=not args.no_progress,
+        )
+    else:
+        return convert_png(
+            args.input, args.output, modality=args.modality, image_size=args.image_size,
+            splits=[s for s in args.splits.split(",") if s],
+            slices_per_shard=args.slices_per_shard, bad_input=args.bad_input,
+            progress=not args.no_progress, keep_empty_brainmask=args.keep_empty_brainmask,
+        )
 
 
 if __name__ == "__main__":

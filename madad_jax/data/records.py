@@ -14,7 +14,10 @@ each shard set has a JSON manifest `{split}.manifest.json`.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob
+import hashlib
 import json
 import os
 import re
@@ -95,6 +98,20 @@ def is_shard_file(name: str, split: str | None = None) -> bool:
     return bool(m) and (split is None or m["split"] == split)
 
 
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO)
+
+
+def _os_error(err: BaseException, path: str) -> BaseException:
+    """The ArrayRecord writer's RuntimeError about a failed write as an OSError naming `path`
+    (what the one-line error reporting expects); other errors as they are."""
+    if not isinstance(err, RuntimeError):
+        return err
+    for code in _WRITE_ERRNOS:
+        if os.strerror(code) in str(err):
+            return OSError(code, os.strerror(code), path)
+    return err
+
+
 class ShardWriter:
     """Write records to `path` atomically: a temporary file, renamed on `close()`.
 
@@ -118,7 +135,10 @@ class ShardWriter:
     def write(self, record: bytes | Mapping[str, Any]) -> None:
         if not isinstance(record, bytes):
             record = encode_record(record)
-        self._writer.write(record)
+        try:
+            self._writer.write(record)
+        except RuntimeError as err:
+            raise _os_error(err, self.path) from err
         self.num_records += 1
 
     def close(self) -> None:
@@ -126,12 +146,13 @@ class ShardWriter:
             self._writer.close()
         except BaseException as err:
             self._target.__exit__(type(err), err, err.__traceback__)
-            raise
+            raise _os_error(err, self.path) from err
         self._target.__exit__(None, None, None)
 
     def abort(self) -> None:
         try:
-            self._writer.close()
+            with contextlib.suppress(RuntimeError):  # e.g. the disk that failed the write
+                self._writer.close()
         finally:
             err = RuntimeError("shard write aborted")
             self._target.__exit__(type(err), err, None)
@@ -173,6 +194,33 @@ def count_records(path: str | os.PathLike) -> int:
         return reader.num_records()
     finally:
         reader.close()
+
+
+def file_identity(path: str | os.PathLike) -> dict[str, Any]:
+    """A finished file's size and sha256, recorded to check it before it is trusted again."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"size": os.path.getsize(path), "sha256": digest.hexdigest()}
+
+
+def shard_problem(path: str | os.PathLike, expected: Mapping[str, Any]) -> str | None:
+    """Why the shard at `path` no longer matches `expected` (its `num_records` and, where
+    recorded, its `size` and `sha256`), or None when it still does."""
+    try:
+        if "size" in expected and os.path.getsize(path) != expected["size"]:
+            return f"size {os.path.getsize(path)} != {expected['size']} bytes"
+        if "sha256" in expected and file_identity(path)["sha256"] != expected["sha256"]:
+            return "checksum differs"
+        n = count_records(path)
+    except FileNotFoundError:
+        return "missing"
+    except Exception as err:  # noqa: BLE001 (the reader raises plain RuntimeError)
+        return f"unreadable ({' '.join(str(err).split())[:200]})"
+    if "num_records" in expected and n != expected["num_records"]:
+        return f"{n} records != {expected['num_records']}"
+    return None
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -4,7 +4,8 @@ A unit is one input item (a subject's files, or one PNG slice) that yields zero 
 records. Units are chunked, in order, into shards. After each shard a progress file records
 it with a fingerprint of its inputs (paths, sizes, modification times) and the settings, so
 an interrupted conversion resumes at the first shard not done, and a finished one whose
-inputs and settings have not changed is left as it is.
+inputs and settings have not changed is left as it is, once its size, checksum and record
+count (also in the progress file) show that the file itself is intact.
 """
 
 from __future__ import annotations
@@ -61,6 +62,22 @@ def _clean(out_dir: str, split: str, keep: set[str]) -> None:
             os.remove(path)
 
 
+def _finished_problem(path: str, entry: dict[str, Any]) -> str | None:
+    """Why a shard the progress file lists as finished cannot be trusted, or None."""
+    if "sha256" not in entry or "size" not in entry:
+        return "no size and checksum recorded"
+    return records.shard_problem(path, entry)
+
+
+def _damaged_shards(manifest: dict[str, Any]) -> str:
+    """The first shard of a finished set whose record count no longer reads back, or ''."""
+    for shard, path in zip(manifest["shards"], manifest["shard_paths"], strict=True):
+        problem = records.shard_problem(path, {"num_records": shard["num_records"]})
+        if problem is not None:
+            return f"{shard['file']}: {problem}"
+    return ""
+
+
 def write_shard_set(
     units: Sequence[Unit],
     make_records: Callable[[Unit], list[dict[str, Any]]],
@@ -98,8 +115,11 @@ def write_shard_set(
         except BadInputError:
             old = None
         if old is not None and old.get("fingerprint") == set_fp:
-            log.info("%s: up to date", manifest_path)
-            return old
+            damaged = _damaged_shards(old)
+            if not damaged:
+                log.info("%s: up to date", manifest_path)
+                return old
+            log.warning("%s: %s; converting again", manifest_path, damaged)
         os.remove(manifest_path)  # the old shard set is about to change
 
     done: dict[str, Any] = {}
@@ -117,8 +137,12 @@ def write_shard_set(
         path = os.path.join(out_dir, name)
         entry = done.get(name)
         if entry and entry.get("fingerprint") == fp and os.path.isfile(path):
-            bar.update(len(chunk))
-            continue
+            problem = _finished_problem(path, entry)
+            if problem is None:
+                bar.update(len(chunk))
+                continue
+            log.warning("%s: finished shard no longer matches its progress entry (%s); "
+                        "rewriting it", path, problem)
         skipped, subjects = [], set()
         with records.ShardWriter(path) as writer:
             for unit in chunk:
@@ -136,6 +160,7 @@ def write_shard_set(
                 bar.update(1)
         done[name] = {
             "fingerprint": fp,
+            **records.file_identity(path),
             "num_records": writer.num_records,
             "units": [u.key for u in chunk],
             "subjects": sorted(subjects),

@@ -7,7 +7,7 @@ from typing import Any
 
 from etils import epath
 
-from madad_jax.core import hosts
+from madad_jax.core import hosts, locks
 from madad_jax.data import sources
 from madad_jax.training import autoencoder
 from madad_jax.training.denoiser import train_loop
@@ -20,6 +20,11 @@ def run(config, workdir: str) -> State:
 
     `workdir` may be a local path or a bucket URL (gs://...) that every host sees.
     """
+    with locks.hold(workdir, "training", enabled=hosts.is_main()):
+        return _train(config, workdir)
+
+
+def _train(config, workdir: str) -> State:
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     if config.checkpoint and hosts.is_main():
         print(f"note: training ignores checkpoint={config.checkpoint} (evaluation reads it); "
@@ -40,7 +45,8 @@ def run_autoencoder(config, workdir: str) -> Any:
 
     A denoiser run then uses it with `--config.vae_train.checkpoint=DIR/vae_checkpoints`.
     """
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    source = sources.training_source(config, workdir)
-    batches = sources.train_batches(config, source, int(config.vae_train.batch_size))
-    return autoencoder.train_loop(config, workdir, batches)
+    with locks.hold(workdir, "training", enabled=hosts.is_main()):
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+        source = sources.training_source(config, workdir)
+        batches = sources.train_batches(config, source, int(config.vae_train.batch_size))
+        return autoencoder.train_loop(config, workdir, batches)
