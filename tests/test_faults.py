@@ -32,10 +32,7 @@ from madad_jax.config import default_config
 from madad_jax.data import records
 from madad_jax.data.pipeline import load_eval_split
 
-_HAS_VALIDATION = hasattr(__import__("madad_jax.config").config, "validate")
 _HAS_DAMAGED = "resume_from_damaged" in default_config().train
-needs_validation = pytest.mark.xfail(strict=False, run=_HAS_VALIDATION,
-                                     reason="needs config validation (issue 14)")
 needs_checkpoints = pytest.mark.xfail(strict=False,
                                       reason="needs damaged-checkpoint handling (issue 14)")
 needs_os_errors = pytest.mark.xfail(strict=False, reason="needs one-line OS errors (issue 14)")
@@ -348,7 +345,6 @@ INVALID = [
 ]
 
 
-@needs_validation
 @pytest.mark.parametrize(("key", "value"), INVALID, ids=[k for k, _ in INVALID])
 def test_invalid_key_is_refused_before_any_work(ctx, tmp_path, key, value):
     workdir = tmp_path / "run"
