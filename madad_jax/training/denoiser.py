@@ -223,10 +223,13 @@ class DenoiserTask(ShardedTask):
 
 def epoch_settings(tcfg, steps_per_epoch: int | None) -> dict[str, int]:
     """The loop's epoch-based settings: validation every `val_every_epochs` epochs after the
-    first (as the reference validates after epochs 11, 21, ...), LR logs per epoch."""
+    first (as the reference validates after epochs 11, 21, ...), LR logs per epoch (with
+    exact epochs or the per-epoch LR schedule)."""
     if not steps_per_epoch:
         return {}
-    out = {"steps_per_epoch": int(steps_per_epoch)}
+    out = {}
+    if tcfg.exact_epochs or tcfg.lr_schedule == "reference":  # an epoch means something
+        out["steps_per_epoch"] = int(steps_per_epoch)
     if tcfg.validation == "reference":
         out.update(val_every=int(tcfg.val_every_epochs) * int(steps_per_epoch),
                    val_after=int(steps_per_epoch))
