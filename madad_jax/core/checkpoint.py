@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -138,6 +139,27 @@ def remove_tmp_dirs(directory: str) -> None:
     for name in os.listdir(directory):
         if TMP_MARK in name:
             shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
+_OS_MESSAGES = {errno.ENOSPC: "No space left on device", errno.EROFS: "Read-only file system",
+                errno.EDQUOT: "Disk quota exceeded"}
+
+
+def os_error_of(err: BaseException, directory: str) -> OSError | None:
+    """The OS error behind a failed checkpoint save (Orbax and TensorStore wrap it in their
+    own exception types, or only in the message), as an OSError naming `directory`."""
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno is not None:
+            return type(e)(e.errno, e.strerror or str(e), e.filename or directory)
+        text = str(e)
+        for code, message in _OS_MESSAGES.items():
+            if message.lower() in text.lower():
+                return OSError(code, message, directory)
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _require_dir(directory: str) -> None:

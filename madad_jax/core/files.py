@@ -150,7 +150,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[str]:
     except BaseException as err:
         _remove(tmp)
         if old is not None and not os.path.lexists(path):
-            os.replace(old, path)
+            with contextlib.suppress(OSError):  # else the old set stays as NAME.old-XXXX
+                os.replace(old, path)
             old = None
         if isinstance(err, OSError) and _names_tmp(err, tmp):
             raise named(err, path) from err

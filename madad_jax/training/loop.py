@@ -257,11 +257,15 @@ def fit(
             m.wait_until_finished()
             m.close()
         log.close()
-    except BaseException:
+    except BaseException as err:
         # One error is reported; the managers' own failures while closing would bury it.
         for m in [mngr, *(m for _, m in copies.values())]:
             _close_quietly(m)
         _close_quietly(log)
+        if isinstance(err, Exception) and not isinstance(err, OSError):
+            os_err = ckpt.os_error_of(err, ckpt_dir)
+            if os_err is not None:  # a full disk, a read-only file system: one line
+                raise os_err from err
         raise
     return state
 
