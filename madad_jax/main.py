@@ -129,8 +129,9 @@ def main(argv: list[str]) -> None:
     verbose = bool(_VERBOSE.value or config.verbose)
     if not verbose:
         absl_logging.set_verbosity(absl_logging.WARNING)
-        # Orbax logs through absl; keep its notes and warnings off stderr.
-        logging.getLogger("absl").setLevel(logging.ERROR)
+        # Orbax logs through absl, errors of its background threads with their tracebacks;
+        # those errors reach the main thread too, and are reported there in one line.
+        logging.getLogger("absl").setLevel(logging.CRITICAL)
     try:
         initialize_distributed(config)
         run(config, _WORKDIR.value)

@@ -52,6 +52,16 @@ elif kind == "nib_save":  # the disk fills while predict writes its NIfTI map
     def save(img, filename, *a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", os.fspath(filename))
     nibabel.save = save
+elif kind == "ckpt_rename":  # the disk fills as the step-4 checkpoint is committed
+    from orbax.checkpoint._src.path import async_path
+
+    real_rename = async_path.rename
+
+    async def rename(src, dst):
+        if os.path.basename(os.fspath(dst)) == "4":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return await real_rename(src, dst)
+    async_path.rename = rename
 sys.argv = ["madad_jax.main", *sys.argv[1:]]
 runpy.run_module("madad_jax.main", run_name="__main__")
 '''
@@ -220,3 +230,23 @@ def test_workdir_that_is_a_file_is_one_line(tmp_path, fixture_ckpt, case_dir):
     workdir.write_text("not a directory")
     line = _one_line(_evaluate(tmp_path, fixture_ckpt, case_dir, workdir, "none"))
     assert str(workdir) in line
+
+
+def test_training_full_disk_is_one_line_and_leaves_no_tmp_checkpoint(tmp_path):
+    from train_helpers import make_slices, save_vae, tiny_config, write_shards
+
+    data = write_shards(make_slices(32, 32), str(tmp_path / "train.array_record"))
+    vae = save_vae(tiny_config("dit"), str(tmp_path / "vae"))
+    workdir = tmp_path / "run"
+    r = _main(tmp_path, "ckpt_rename", "--config=tests/tiny_train_config.py:dit",
+              f"--workdir={workdir}", f"--config.data.train_path={data}",
+              f"--config.vae_train.checkpoint={vae}", "--config.train.num_steps=6",
+              "--config.train.checkpoint_every_steps=2", "--config.train.log_every_steps=1")
+    # Training logs its progress on stderr; the error is the one last line, no traceback.
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert [ln for ln in lines if ln.startswith("error: ")] == lines[-1:], r.stderr[-3000:]
+    line = lines[-1]
+    assert str(workdir / "checkpoints") in line and "No space left on device" in line
+    names = os.listdir(workdir / "checkpoints")
+    assert "2" in names and not [n for n in names if "tmp" in n], names

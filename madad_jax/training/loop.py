@@ -262,7 +262,7 @@ def fit(
         for m in [mngr, *(m for _, m in copies.values())]:
             _close_quietly(m)
         _close_quietly(log)
-        if isinstance(err, Exception) and not isinstance(err, OSError):
+        if isinstance(err, Exception) and not getattr(err, "filename", None):
             os_err = ckpt.os_error_of(err, ckpt_dir)
             if os_err is not None:  # a full disk, a read-only file system: one line
                 raise os_err from err
