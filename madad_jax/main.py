@@ -52,6 +52,9 @@ def describe(err: BaseException) -> str:
         msg = f"{err.filename}: {err.strerror or err}"
         if err.filename2:
             msg += f" (-> {err.filename2})"
+        elif isinstance(err, FileExistsError | NotADirectoryError) and os.path.isfile(
+                err.filename):
+            msg += " (a file where a directory is needed)"
     else:
         msg = str(err) or type(err).__name__
     return " ".join(msg.split())
