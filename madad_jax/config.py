@@ -162,6 +162,7 @@ def default_config() -> ml_collections.ConfigDict:
             log_every_steps=50,
             checkpoint_every_steps=1_000,
             keep_checkpoints=3,
+            resume_from_damaged="stop",  # a damaged newest step: stop | previous (good step)
             eval_every_steps=0,  # 0: only at the end
             val_every_steps=0,  # validation loss + best copy (needs data.val_path); 0: at saves
             val_batches=4,  # fixed validation batches averaged for the best-checkpoint choice

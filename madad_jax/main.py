@@ -12,6 +12,7 @@ before anything touches a device.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 
@@ -32,8 +33,8 @@ __all__ = ["MODES", "main", "run"]
 
 def bad_input_errors() -> tuple[type[BaseException], ...]:
     """Exceptions reported in one line: unusable input, or a diverged training run."""
-    errors: list[type[BaseException]] = [FileNotFoundError, NotADirectoryError,
-                                         IsADirectoryError, PermissionError, ValueError]
+    # OSError: a full disk, a read-only file system, a workdir that is a file, ...
+    errors: list[type[BaseException]] = [OSError, ValueError]
     for module, name in (
         ("madad_jax.data.errors", "BadInputError"),
         ("madad_jax.training.loop", "TrainingDiverged"),
@@ -51,6 +52,11 @@ def describe(err: BaseException) -> str:
     """One line naming the file (when known) and the problem."""
     if isinstance(err, OSError) and err.filename:
         msg = f"{err.filename}: {err.strerror or err}"
+        if err.filename2:
+            msg += f" (-> {err.filename2})"
+        elif isinstance(err, FileExistsError | NotADirectoryError) and os.path.isfile(
+                err.filename):
+            msg += " (a file where a directory is needed)"
     else:
         msg = str(err) or type(err).__name__
     return " ".join(msg.split())
@@ -142,6 +148,9 @@ def main(argv: list[str]) -> None:
     verbose = bool(_VERBOSE.value or config.verbose)
     if not verbose:
         absl_logging.set_verbosity(absl_logging.WARNING)
+        # Orbax logs through absl, errors of its background threads with their tracebacks;
+        # those errors reach the main thread too, and are reported there in one line.
+        logging.getLogger("absl").setLevel(logging.CRITICAL)
     try:
         initialize_distributed(config)
         # Every key's rule, before anything is written (after initialize: it may ask jax).
@@ -150,15 +159,21 @@ def main(argv: list[str]) -> None:
     except KeyboardInterrupt:
         if verbose:
             raise
-        _fail("interrupted", code=130)
+        _fail("interrupted", code=130, quiet_after=True)
     except bad_input_errors() as err:
         if verbose:
             raise
-        _fail(describe(err))
+        _fail(describe(err), quiet_after=True)
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1, quiet_after: bool = False) -> None:
+    """Print the one error line and exit; with `quiet_after`, nothing else reaches stderr
+    (Orbax's and asyncio's background threads may still report the same failure)."""
     print(f"error: {message}", file=sys.stderr, flush=True)
+    if quiet_after:
+        sys.stderr.flush()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives until exit
     sys.exit(code)
 
 

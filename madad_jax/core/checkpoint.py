@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import errno
 import json
 import math
 import os
+import shutil
+import sys
 from typing import Any, NamedTuple
 
 import jax
@@ -107,7 +110,56 @@ def _restore(directory: str, step: int | None, **items) -> tuple[int, Any]:
         step = mngr.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"{directory}: no checkpoint found")
-        return step, mngr.restore(step, args=ocp.args.Composite(**items))
+        return step, restore_items(mngr, step, items)
+
+
+def restore_items(mngr: ocp.CheckpointManager, step: int, items: dict[str, Any]) -> Any:
+    """`mngr.restore` of the Composite `items` at `step`; a step that fails to read raises
+    DamagedCheckpoint naming the step directory, the item and its file."""
+    try:
+        return mngr.restore(step, args=ocp.args.Composite(**items))
+    except Exception as err:  # orbax and tensorstore raise many types for damaged files
+        first = err
+    # Read the items one by one to name the one that fails.
+    for name, arg in items.items():
+        try:
+            mngr.restore(step, args=ocp.args.Composite(**{name: arg}))
+        except Exception as err:  # noqa: BLE001 - reported as the damaged item
+            raise DamagedCheckpoint(mngr.directory, step, name, err) from err
+    raise DamagedCheckpoint(mngr.directory, step, None, first) from first
+
+
+TMP_MARK = ".orbax-checkpoint-tmp"
+
+
+def remove_tmp_dirs(directory: str) -> None:
+    """Remove the temporary step directories a failed or interrupted save left behind."""
+    if "://" in directory or not os.path.isdir(directory):
+        return
+    for name in os.listdir(directory):
+        if TMP_MARK in name:
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
+_OS_MESSAGES = {errno.ENOSPC: "No space left on device", errno.EROFS: "Read-only file system",
+                errno.EDQUOT: "Disk quota exceeded"}
+
+
+def os_error_of(err: BaseException, directory: str) -> OSError | None:
+    """The OS error behind a failed checkpoint save (Orbax and TensorStore wrap it in their
+    own exception types, or only in the message), as an OSError naming `directory`."""
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno is not None:
+            return type(e)(e.errno, e.strerror or str(e), e.filename or directory)
+        text = str(e)
+        for code, message in _OS_MESSAGES.items():
+            if message.lower() in text.lower():
+                return OSError(code, message, directory)
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _require_dir(directory: str) -> None:
@@ -272,13 +324,63 @@ def restore_train_state(
     items["step"] = ocp.args.JsonRestore()
     if "data_iter" in have:
         items["data_iter"] = IteratorStateRestore()
-    out = mngr.restore(step, args=ocp.args.Composite(**items))
+    out = restore_items(mngr, step, items)
     state = {n: out[n] for n in names}
     if "rng" in state:
         state["rng"] = state["rng"]["key"]
-    state["step"] = int(out["step"]["step"])
-    data_state = decode_iterator_state(out["data_iter"]) if "data_iter" in have else None
+    try:
+        state["step"] = int(out["step"]["step"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise DamagedCheckpoint(mngr.directory, step, "step", err) from err
+    data_state = None
+    if "data_iter" in have:
+        try:
+            data_state = decode_iterator_state(out["data_iter"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise DamagedCheckpoint(mngr.directory, step, "data_iter", err) from err
     return state, data_state
+
+
+def restore_newest(mngr: ocp.CheckpointManager, abstract_state: dict[str, Any],
+                   fallback: bool = False) -> tuple[int, dict[str, Any], Any] | None:
+    """`(step, state, data state)` of the newest step, or None when there is none.
+
+    A damaged newest step raises DamagedCheckpoint; with `fallback` the newest step that
+    restores is used instead, after one note line on stderr per damaged step. A damaged step
+    is never deleted: it is renamed `N.damaged` beside the others (Orbax ignores that name)
+    so that the resumed run can write step N again.
+    """
+    steps = sorted(mngr.all_steps(), reverse=True)
+    damaged: list[DamagedCheckpoint] = []
+    for step in steps:
+        try:
+            state, data_state = restore_train_state(mngr, step, abstract_state)
+        except DamagedCheckpoint as err:
+            if not fallback:
+                raise
+            damaged.append(err)
+            continue
+        for err in damaged:
+            moved = _set_aside(err.path)
+            print(f"note: {err}; resuming from step {step} (train.resume_from_damaged="
+                  f"previous); the damaged step is kept as {moved}", file=sys.stderr,
+                  flush=True)
+        if damaged:
+            mngr.reload()
+        return step, state, data_state
+    if damaged:
+        raise damaged[0]
+    return None
+
+
+def _set_aside(step_dir: str) -> str:
+    target = f"{step_dir}.damaged"
+    n = 1
+    while os.path.exists(target):
+        n += 1
+        target = f"{step_dir}.damaged{n}"
+    os.rename(step_dir, target)
+    return target
 
 
 # -------------------------------------------------------------------------- inference
@@ -288,8 +390,33 @@ class CheckpointError(ValueError):
     """A path that holds no usable checkpoint, with the reason ("PATH: PROBLEM")."""
 
     def __init__(self, path: str, problem: str):
-        self.path, self.problem = path, problem
-        super().__init__(f"{path}: {problem}")
+        self.path, self.problem = path, " ".join(str(problem).split())
+        super().__init__(f"{path}: {self.problem}")
+
+
+class DamagedCheckpoint(CheckpointError):
+    """A checkpoint step that exists but fails to read: "STEP_DIR: checkpoint step N is
+    damaged (item 'ITEM', FILE: ERROR)"."""
+
+    def __init__(self, directory: str | os.PathLike, step: int, item: str | None,
+                 err: BaseException):
+        self.step, self.item = int(step), item
+        step_dir = os.path.join(os.fspath(directory), str(step))
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        reason = f"{type(err).__name__}: {lines[0] if lines else ''}"
+        if len(reason) > 300:
+            reason = reason[:297] + "..."
+        where = f"item '{item}', {_item_file(step_dir, item)}: " if item else ""
+        super().__init__(step_dir, f"checkpoint step {step} is damaged ({where}{reason})")
+
+
+def _item_file(step_dir: str, item: str) -> str:
+    """The file (or directory) that holds `item` in a step."""
+    folder = os.path.join(step_dir, item)
+    if item == "data_iter":
+        return os.path.join(folder, _iter_file())
+    meta = os.path.join(folder, "metadata")
+    return meta if os.path.isfile(meta) else folder
 
 
 class Restored(NamedTuple):
@@ -350,7 +477,7 @@ def restore_inference(path: str | os.PathLike, step: int | None = None,
             use_ema = ema and "ema" in items
             if use_ema:
                 args["ema"] = ocp.args.StandardRestore()
-            out = mngr.restore(step, args=ocp.args.Composite(**args))
+            out = restore_items(mngr, step, args)
     except (CheckpointError, FileNotFoundError):
         raise
     except Exception as err:  # orbax raises many types for damaged checkpoints
@@ -361,8 +488,19 @@ def restore_inference(path: str | os.PathLike, step: int | None = None,
         raise CheckpointError(directory, "checkpoint params lack 'vae' and 'denoiser'")
     if use_ema:
         params = dict(params, denoiser=jax.tree.map(np.asarray, out["ema"]))
+    check_finite(params, os.path.join(directory, str(step)))
     stored = out["config"] if "config" in out and out["config"] else None
     return Restored(params, dict(out["arch"]), stored, directory, int(step), use_ema)
+
+
+def check_finite(params: Any, where: str) -> None:
+    """Raise CheckpointError naming the first parameter that holds NaN or Inf."""
+    for kp, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        arr = np.asarray(leaf)
+        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+            bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+            name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in kp)
+            raise CheckpointError(where, f"parameter {name} holds {bad} NaN/Inf value(s)")
 
 
 # ------------------------------------------------------------------ best validation copy

@@ -10,6 +10,7 @@ ever took a URL.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -76,12 +77,88 @@ def atomic_path(path: str | os.PathLike, suffix: str = "",
             _fsync(tmp)
         os.chmod(tmp, (0o777 if directory else 0o666) & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.isdir(tmp) and directory:
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif os.path.exists(tmp):
-            os.remove(tmp)
+    except BaseException as err:
+        _remove(tmp)
+        if isinstance(err, OSError) and _names_tmp(err, tmp):
+            raise named(err, path) from err
         raise
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+def _names_tmp(err: OSError, tmp: str) -> bool:
+    """Whether `err` names no file or a file inside the temporary `tmp`."""
+    name = os.fspath(err.filename) if err.filename is not None else ""
+    return not name or os.path.abspath(name).startswith(os.path.abspath(tmp))
+
+
+def named(err: OSError, path: str | os.PathLike) -> OSError:
+    """`err` (same type and errno) naming `path`: the file the user asked for rather than
+    a temporary name that no longer exists."""
+    return type(err)(err.errno, err.strerror or str(err), os.fspath(path))
+
+
+def check_writable(folder: str | os.PathLike) -> str:
+    """Raise OSError naming `folder` unless files can be created in it (or, when it does not
+    exist yet, in its nearest existing parent, where it would be made). A real test write:
+    permission bits say nothing for root or on a read-only mount."""
+    folder = os.path.abspath(os.fspath(folder))
+    probe = folder
+    while not os.path.lexists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory", probe)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".write-test.tmp-", dir=probe)
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as err:
+        raise named(err, folder) from err
+    return folder
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary directory beside `path`; when the block succeeds it becomes `path`.
+
+    A result set is seen whole or not at all: an existing `path` is renamed away, the new
+    one renamed in, then the old one deleted (if the second rename fails the old one is put
+    back). If the block raises, the temporary directory is removed and `path` is untouched.
+    """
+    path = os.path.abspath(os.fspath(path))
+    folder, base = os.path.split(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f"{base}.tmp-", dir=folder)
+    except OSError as err:
+        raise named(err, path) from err
+    old = None
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        if os.path.lexists(path):
+            old = tempfile.mkdtemp(prefix=f"{base}.old-", dir=folder)
+            os.rmdir(old)
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException as err:
+        _remove(tmp)
+        if old is not None and not os.path.lexists(path):
+            with contextlib.suppress(OSError):  # else the old set stays as NAME.old-XXXX
+                os.replace(old, path)
+            old = None
+        if isinstance(err, OSError) and _names_tmp(err, tmp):
+            raise named(err, path) from err
+        raise
+    finally:
+        if old is not None:
+            _remove(old)
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> str:

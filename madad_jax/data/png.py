@@ -20,13 +20,36 @@ from madad_jax.data.errors import BadInputError, apply_policy, check_policy
 Image.MAX_IMAGE_PIXELS = None
 
 
-def _read_gray(path: Path, image_size: int) -> tuple[np.ndarray, tuple[int, int]]:
+WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # more than 8 bits per pixel
+
+
+def _to_gray(im: Image.Image, path: Path, mask: bool) -> Image.Image:
+    """8-bit grayscale ("L"), as the reference's `.convert('L')` for 8-bit, RGB, RGBA, LA and
+    palette images. Pillow would clip a 16-bit image to 0..255, so those are scaled instead
+    (v * 255 / 65535, rounded); masks are clipped as Pillow does, which keeps `> 0`."""
+    if im.mode not in WIDE_MODES:
+        return im.convert("L")
+    arr = np.asarray(im)
+    if mask:
+        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L")
+    if im.mode == "F" or arr.min() < 0 or arr.max() > 65535:
+        raise BadInputError(path, f"{im.mode} image with values in [{arr.min()}, {arr.max()}]"
+                                  ": expected 8-bit or 16-bit grayscale")
+    scaled = np.rint(arr.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
+    return Image.fromarray(scaled, mode="L")
+
+
+def _read_gray(path: Path, image_size: int,
+               mask: bool = False) -> tuple[np.ndarray, tuple[int, int]]:
     """Read a PNG as 8-bit grayscale resized to image_size; also return its original size."""
     try:
         with Image.open(path) as im:
             im.load()
             size = im.size
-            arr = np.asarray(im.convert("L").resize((image_size, image_size)), dtype=np.uint8)
+            gray = _to_gray(im, path, mask)
+            arr = np.asarray(gray.resize((image_size, image_size)), dtype=np.uint8)
+    except BadInputError:
+        raise
     except FileNotFoundError as err:
         raise BadInputError(path, "file not found") from err
     except UnidentifiedImageError as err:
@@ -76,7 +99,7 @@ def read_slice(
     """
     paths = slice_paths(stem, modality)
     img, size = _read_gray(paths["image"], image_size)
-    mask, mask_size = _read_gray(paths["brainmask"], image_size)
+    mask, mask_size = _read_gray(paths["brainmask"], image_size, mask=True)
     if mask_size != size:
         raise BadInputError(
             paths["brainmask"], f"brain mask is {mask_size[::-1]} but the image is {size[::-1]}"
@@ -91,7 +114,7 @@ def read_slice(
         "brainmask": (mask > 0).astype(np.float32),
     }
     if with_segmentation:
-        seg, seg_size = _read_gray(paths["segmentation"], image_size)
+        seg, seg_size = _read_gray(paths["segmentation"], image_size, mask=True)
         if seg_size != size:
             raise BadInputError(
                 paths["segmentation"],

@@ -171,6 +171,8 @@ def run(config, workdir: str) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"evaluate.protocols: unknown {sorted(unknown)} (slice | volume)")
 
+    if jax.process_index() == 0:
+        files.check_writable(os.path.join(workdir, RESULT_DIR))  # before the inference
     test = _sorted(load_split(config, workdir, "test"),
                    int(config.evaluate.max_examples))
     images, segs = test["images"], test.get("segmentations")
@@ -215,15 +217,17 @@ def run(config, workdir: str) -> dict[str, Any]:
 
     if jax.process_index() == 0:
         out_dir = os.path.join(workdir, RESULT_DIR)
-        write_results(out_dir, result, maps, test["names"])
-        if rows_slices is not None:
-            from madad_jax.evaluation import volume_metrics as vm
+        # The whole result set, or none of it: written beside DIR/evaluate, then renamed.
+        with files.atomic_dir(out_dir) as tmp:
+            write_results(tmp, result, maps, test["names"])
+            if rows_slices is not None:
+                from madad_jax.evaluation import volume_metrics as vm
 
-            vm.write_csv(os.path.join(out_dir, "slices.csv"), rows_slices)
-            if rows_volumes is not None:
-                vm.write_csv(os.path.join(out_dir, "volumes.csv"), rows_volumes)
-        write_panels(os.path.join(out_dir, PANELS), test, outputs,
-                     int(config.evaluate.num_panels))
+                vm.write_csv(os.path.join(tmp, "slices.csv"), rows_slices)
+                if rows_volumes is not None:
+                    vm.write_csv(os.path.join(tmp, "volumes.csv"), rows_volumes)
+            write_panels(os.path.join(tmp, PANELS), test, outputs,
+                         int(config.evaluate.num_panels))
         summary = {k: result.get(k) for k in ("max_dice", "f1_max", "auroc", "ap")}
         shown = json.dumps(files.to_json(summary))
         print(f"evaluate: {len(maps)} slices, {shown} -> {out_dir}", flush=True)

@@ -73,6 +73,18 @@ def slice_panels(
     return os.fspath(path)
 
 
+def _as_3d(img):
+    """A (X, Y, Z, 1, ...) image with its trailing singleton axes dropped."""
+    shape = tuple(img.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if shape == tuple(img.shape):
+        return img
+    import nibabel as nib
+
+    return nib.Nifti1Image(np.asarray(img.dataobj).reshape(shape), img.affine)
+
+
 def overlay(
     path: str | os.PathLike,
     anatomy,
@@ -94,7 +106,7 @@ def overlay(
     from nilearn import plotting
     from nilearn.image import load_img
 
-    anatomy, anomaly = load_img(anatomy), load_img(anomaly)
+    anatomy, anomaly = _as_3d(load_img(anatomy)), _as_3d(load_img(anomaly))
     data = np.asarray(anomaly.dataobj, np.float32)
     peak = float(data.max()) if data.size else 0.0
     if cut_coords is None:

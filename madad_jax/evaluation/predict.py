@@ -191,7 +191,11 @@ def write_outputs(
         "summary": f"{stem}_predict.json",
     }
     created = not os.path.isdir(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as err:
+        raise files.named(err, out_dir) from err
+    before = {k: os.path.lexists(os.path.join(out_dir, v)) for k, v in names.items()}
     try:
         # Every file is renamed into place only when all of them were written.
         with contextlib.ExitStack() as stack:
@@ -217,6 +221,11 @@ def write_outputs(
             summary = dict(summary, panel_slices=[int(pred.rows[i]["slice_index"]) for i in sel])
             files.atomic_write(tmp["summary"], json.dumps(summary, indent=2, sort_keys=True))
     except BaseException:
+        # A rename that failed after others succeeded: take the new files back out.
+        for k, v in names.items():
+            if not before[k]:
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(out_dir, v))
         if created and not os.listdir(out_dir):
             os.rmdir(out_dir)
         raise
@@ -227,6 +236,10 @@ def _output_dir(config, workdir: str) -> str:
     out = config.predict.output or os.path.join(workdir, "predict")
     if os.path.exists(out) and not os.path.isdir(out):
         raise BadInputError(out, "predict.output exists and is not a directory")
+    try:
+        files.check_writable(out)
+    except OSError as err:
+        raise BadInputError(out, f"predict.output is not writable ({err.strerror})") from err
     return out
 
 

@@ -55,6 +55,10 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
 
         sd = load_pt(path)
     sd = {k: np.asarray(v) for k, v in sd.items()}
+    for name, arr in sd.items():
+        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+            bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+            raise ReferenceImportError(f"{path}: tensor {name} holds {bad} NaN/Inf value(s)")
     return _strip_prefix(sd, "module.")
 
 

@@ -107,6 +107,7 @@ class LoopSettings:
     val_every: int = 0  # validate every this many steps (0: at checkpoint saves)
     val_after: int = 0  # > 0: only after this step, at steps = val_after (mod val_every)
     steps_per_epoch: int = 0  # > 0: log the LR and the batch's real samples at each epoch end
+    resume_from_damaged: str = "stop"  # or "previous": resume from the newest good step
 
     @classmethod
     def of(cls, name: str, ckpt_dir: str, section, num_steps: int | None = None,
@@ -115,7 +116,8 @@ class LoopSettings:
         kw = dict(num_steps=int(section.num_steps if num_steps is None else num_steps),
                   batch_size=int(section.batch_size), log_every=int(section.log_every_steps),
                   checkpoint_every=int(section.checkpoint_every_steps),
-                  keep=int(section.keep_checkpoints), val_every=int(section.val_every_steps))
+                  keep=int(section.keep_checkpoints), val_every=int(section.val_every_steps),
+                  resume_from_damaged=str(section.get("resume_from_damaged", "stop")))
         return cls(name, ckpt_dir, **dict(kw, **overrides))
 
     def validates_at(self, done: int) -> bool:
@@ -184,10 +186,18 @@ def fit(
     `task.best_copies` in `workdir/<name>/`.
     """
     s, name, ckpt_dir = settings, settings.name, settings.ckpt_dir
+    if s.resume_from_damaged not in ("stop", "previous"):
+        raise ValueError(f"{name}.resume_from_damaged must be stop | previous, not "
+                         f"{s.resume_from_damaged!r}")
     mngr = ckpt.train_manager(ckpt_dir, s.keep)
-    latest = mngr.latest_step()
-    if latest is not None:
-        state, data_state = ckpt.restore_train_state(mngr, latest, task.abstract)
+    try:
+        found = ckpt.restore_newest(mngr, task.abstract, s.resume_from_damaged == "previous")
+    except BaseException:
+        _close_quietly(mngr)
+        raise
+    latest = None if found is None else found[0]
+    if found is not None:
+        _, state, data_state = found
         state["step"] = jax.device_put(jnp.asarray(state["step"], jnp.int32),
                                        task.shardings["step"])
         if data_state is not None and hasattr(batches, "set_state"):
@@ -243,14 +253,34 @@ def fit(
             log.step(done)
         if start >= s.num_steps:
             log.message(f"[{name}] {ckpt_dir} already holds step {start} >= {s.num_steps} steps")
-    finally:
-        mngr.wait_until_finished()
-        mngr.close()
-        for _, m in copies.values():
+        for m in [mngr, *(m for _, m in copies.values())]:
             m.wait_until_finished()
             m.close()
         log.close()
+    except BaseException as err:
+        # One error is reported; the managers' own failures while closing would bury it.
+        for m in [mngr, *(m for _, m in copies.values())]:
+            _close_quietly(m)
+        _close_quietly(log)
+        if isinstance(err, Exception) and not getattr(err, "filename", None):
+            os_err = ckpt.os_error_of(err, ckpt_dir)
+            if os_err is not None:  # a full disk, a read-only file system: one line
+                raise os_err from err
+        raise
     return state
+
+
+def _close_quietly(closable) -> None:
+    """Finish and close a checkpoint manager (or logger) after an error, ignoring its own
+    errors; Orbax leaves a failed save's temporary directory behind, so remove those."""
+    for fn in ("wait_until_finished", "close"):
+        try:
+            getattr(closable, fn, lambda: None)()
+        except Exception:  # noqa: BLE001, S110 - the first error is the one reported
+            pass
+    directory = getattr(closable, "directory", None)
+    if directory is not None:
+        ckpt.remove_tmp_dirs(str(directory))
 
 
 def _epoch_row(metrics: dict[str, jax.Array], epoch: int) -> dict[str, float]:
