@@ -189,6 +189,7 @@ def default_config() -> ml_collections.ConfigDict:
             keep_checkpoints=3,
             seed=0,  # the autoencoder's initialization and posterior draws (+17, as before)
             val_every_steps=0,  # the autoencoder has no validation; kept for the loop's settings
+            resume_from_damaged="stop",  # stop | previous (as train.resume_from_damaged)
         )
     )
 
@@ -240,6 +241,7 @@ MASK_LOSSES = ("mse", "bce")
 SCHEDULES = ("cosine", "constant")
 LR_SCHEDULES = ("per_step", "reference")
 VALIDATIONS = ("batches", "reference")
+RESUME_FROM_DAMAGED = ("stop", "previous")
 MAP_SOURCES = ("image", "latent", "mask")
 EVAL_CHECKPOINTS = ("latest", "best_loss", "best_mse", "best_mask_prediction")
 PROTOCOLS = ("slice", "volume")
@@ -504,6 +506,8 @@ def _training(c: _Checker) -> None:
         n = len(c("diffusion.patch_sizes"))
         c.probs("diffusion.val_patch_probs", n, "diffusion.patch_sizes")
     c.integer("train.val_every_epochs", 1)
+    c.choice("train.resume_from_damaged", RESUME_FROM_DAMAGED)
+    c.choice("vae_train.resume_from_damaged", RESUME_FROM_DAMAGED)
     c.integer("train.val_seed")
     c.number("train.ema_decay", 0, 1, hi_open=True)
     c.number("train.grad_clip", 0)

@@ -151,6 +151,7 @@ def main(argv: list[str]) -> None:
         # Orbax logs through absl, errors of its background threads with their tracebacks;
         # those errors reach the main thread too, and are reported there in one line.
         logging.getLogger("absl").setLevel(logging.CRITICAL)
+        _drop_closed_loop_reports()
     try:
         initialize_distributed(config)
         # Every key's rule, before anything is written (after initialize: it may ask jax).
@@ -164,6 +165,20 @@ def main(argv: list[str]) -> None:
         if verbose:
             raise
         _fail(describe(err), quiet_after=True)
+
+
+def _drop_closed_loop_reports() -> None:
+    """TensorStore's callback threads report a failed checkpoint read or write once more, as
+    `RuntimeError: Event loop is closed` through `sys.excepthook`, once Orbax has closed its
+    event loop. The failure itself is reported in one line; drop only these echoes."""
+    default = sys.excepthook
+
+    def hook(kind, value, tb):
+        if kind is RuntimeError and str(value) == "Event loop is closed":
+            return
+        default(kind, value, tb)
+
+    sys.excepthook = hook
 
 
 def _fail(message: str, code: int = 1, quiet_after: bool = False) -> None:

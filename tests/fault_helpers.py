@@ -17,7 +17,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # tqdm's bars (when a command shows them) are progress, not messages.
-_PROGRESS = re.compile(r"^\S*.*\d+%\|.*\|")
+# tqdm bars and the training loop's own log lines ("[train] step 2: ...", "[vae] ...").
+_PROGRESS = re.compile(r"^\S*.*\d+%\|.*\||^\[(train|vae)[a-z_]*\] ")
 
 
 def env(cache: Path) -> dict[str, str]:

@@ -104,6 +104,7 @@ ROWS = [
     ({"train.lr_schedule": "reference", "train.num_epochs": 3.0,
       "train.warmup_epochs": 0.5}, "train.warmup_epochs", "whole number of epochs"),
     ({"train.validation": "none"}, "train.validation", "batches | reference"),
+    ({"train.resume_from_damaged": "newest"}, "train.resume_from_damaged", "stop | previous"),
     ({"train.val_every_epochs": 0}, "train.val_every_epochs", ">= 1"),
     ({"train.ema_decay": 1.0}, "train.ema_decay", "[0, 1)"),
     ({"train.grad_clip": -1.0}, "train.grad_clip", ">= 0"),

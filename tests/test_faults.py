@@ -6,9 +6,8 @@ and the converter (the rerun completes; test_resume.py checks bit-exactness), co
 runs, a full disk (a tiny tmpfs where one can be mounted, else an injected ENOSPC), damaged
 checkpoint items, bad predict inputs and invalid config keys.
 
-Rows marked xfail wait for other parts of issue 14 (config validation; damaged checkpoints,
-OS errors and predict inputs); the ones that would run a whole training or inference while
-their part is missing do not run until it lands.
+Every row runs: the rows drive config validation, damaged-checkpoint handling, one-line OS
+errors and predict's input checks through the commands.
 """
 
 from __future__ import annotations
@@ -28,16 +27,8 @@ import numpy as np
 import pytest
 from data_helpers import write_set, write_subject
 
-from madad_jax.config import default_config
 from madad_jax.data import records
 from madad_jax.data.pipeline import load_eval_split
-
-_HAS_DAMAGED = "resume_from_damaged" in default_config().train
-needs_checkpoints = pytest.mark.xfail(strict=False,
-                                      reason="needs damaged-checkpoint handling (issue 14)")
-needs_os_errors = pytest.mark.xfail(strict=False, reason="needs one-line OS errors (issue 14)")
-needs_predict = pytest.mark.xfail(strict=False, run=False,
-                                  reason="needs predict input checks (issue 14)")
 
 STEPS, TRAIN = fh.STEPS, fh.TRAIN
 VAE = ("--config.mode=train_vae", f"--config.vae_train.num_steps={STEPS}",
@@ -194,7 +185,6 @@ def test_full_disk_in_the_converter(ctx, tmp_path, small_disk):
     assert not fh.tmp_files(disk) and not (out / ".lock").exists()
 
 
-@needs_os_errors
 def test_full_disk_in_training(ctx, small_disk):
     disk, wrap = small_disk
     workdir = disk / "run"
@@ -222,10 +212,11 @@ def _damaged_copy(trained, tmp_path: Path) -> tuple[Path, list[str], Path]:
 
 
 def _largest_file(folder: Path) -> Path:
-    return max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    """The item's largest data file (not Orbax's `commit_success.txt` marker)."""
+    files = [p for p in folder.rglob("*") if p.is_file() and p.name != "commit_success.txt"]
+    return max(files, key=lambda p: p.stat().st_size)
 
 
-@needs_checkpoints
 def test_truncated_params_in_the_newest_step(ctx, trained, tmp_path):
     copy, cmd, step = _damaged_copy(trained, tmp_path)
     victim = _largest_file(step / "params")
@@ -235,8 +226,6 @@ def test_truncated_params_in_the_newest_step(ctx, trained, tmp_path):
     assert "Event loop is closed" not in r.stderr
 
 
-@needs_checkpoints
-@pytest.mark.skipif(not _HAS_DAMAGED, reason="train.resume_from_damaged not there yet")
 def test_resume_from_damaged_previous_falls_back_and_keeps_the_damaged_step(ctx, trained,
                                                                             tmp_path):
     copy, cmd, step = _damaged_copy(trained, tmp_path)
@@ -248,7 +237,6 @@ def test_resume_from_damaged_previous_falls_back_and_keeps_the_damaged_step(ctx,
     assert any(copy.rglob(victim.name))  # the damaged step is kept somewhere, not deleted
 
 
-@needs_checkpoints
 @pytest.mark.parametrize("item", ["arch", "data_iter"])
 def test_corrupt_json_item_is_named(ctx, trained, tmp_path, item):
     copy, cmd, step = _damaged_copy(trained, tmp_path)
@@ -281,7 +269,6 @@ def _predict(trained, scan: Path, out: Path, *extra: str) -> list[str]:
             f"--config.predict.output={out}", "--config.sample.ddim_steps=2", *extra]
 
 
-@needs_checkpoints
 def test_predict_with_truncated_params(ctx, trained, tmp_path):
     copy, _, step = _damaged_copy(trained, tmp_path)
     victim = _largest_file(step / "params")
@@ -303,7 +290,6 @@ def test_predict_refuses_nan_voxels(ctx, trained, tmp_path):
     assert not out.exists() or not os.listdir(out)
 
 
-@needs_predict
 def test_predict_keeps_a_trailing_singleton_axis(ctx, trained, tmp_path):
     import nibabel as nib
 
@@ -313,7 +299,6 @@ def test_predict_keeps_a_trailing_singleton_axis(ctx, trained, tmp_path):
     assert nib.load(out / "odd_anomaly.nii.gz").shape == (16, 20, 12, 1)
 
 
-@needs_predict
 def test_predict_refuses_nan_weights(ctx, trained, tmp_path):
     import jax
 

@@ -16,13 +16,16 @@ The API, by use:
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import errno
+import gc
 import json
 import math
 import os
 import shutil
 import sys
+import time
 from typing import Any, NamedTuple
 
 import jax
@@ -116,17 +119,46 @@ def _restore(directory: str, step: int | None, **items) -> tuple[int, Any]:
 def restore_items(mngr: ocp.CheckpointManager, step: int, items: dict[str, Any]) -> Any:
     """`mngr.restore` of the Composite `items` at `step`; a step that fails to read raises
     DamagedCheckpoint naming the step directory, the item and its file."""
-    try:
-        return mngr.restore(step, args=ocp.args.Composite(**items))
-    except Exception as err:  # orbax and tensorstore raise many types for damaged files
-        first = err
-    # Read the items one by one to name the one that fails.
-    for name, arg in items.items():
+    # Orbax's background threads print their own tracebacks of a failed read: keep them off
+    # stderr, the raised error says it all.
+    with quiet_stderr():
         try:
-            mngr.restore(step, args=ocp.args.Composite(**{name: arg}))
-        except Exception as err:  # noqa: BLE001 - reported as the damaged item
-            raise DamagedCheckpoint(mngr.directory, step, name, err) from err
+            return mngr.restore(step, args=ocp.args.Composite(**items))
+        except Exception as err:  # orbax and tensorstore raise many types for damaged files
+            first = err
+        # Read the items one by one to name the one that fails.
+        for name, arg in items.items():
+            try:
+                mngr.restore(step, args=ocp.args.Composite(**{name: arg}))
+            except Exception as err:  # noqa: BLE001 - reported as the damaged item
+                settle()
+                raise DamagedCheckpoint(mngr.directory, step, name, err) from err
+        settle()
     raise DamagedCheckpoint(mngr.directory, step, None, first) from first
+
+
+def settle(seconds: float = 0.5) -> None:
+    """Let a failed read's pending callbacks and coroutines finish (call it while stderr is
+    quiet: they report the same failure again, from other threads)."""
+    gc.collect()
+    time.sleep(seconds)
+    gc.collect()
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """File descriptor 2 (every thread's stderr) to /dev/null while inside."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 TMP_MARK = ".orbax-checkpoint-tmp"
@@ -351,25 +383,28 @@ def restore_newest(mngr: ocp.CheckpointManager, abstract_state: dict[str, Any],
     so that the resumed run can write step N again.
     """
     steps = sorted(mngr.all_steps(), reverse=True)
-    damaged: list[DamagedCheckpoint] = []
-    for step in steps:
+    damaged: list[tuple[str, str]] = []  # (step directory, problem): not the exceptions,
+    for step in steps:                   # whose frames would keep failed reads alive
         try:
             state, data_state = restore_train_state(mngr, step, abstract_state)
         except DamagedCheckpoint as err:
             if not fallback:
                 raise
-            damaged.append(err)
+            damaged.append((err.path, err.problem))
             continue
-        for err in damaged:
-            moved = _set_aside(err.path)
-            print(f"note: {err}; resuming from step {step} (train.resume_from_damaged="
+        if damaged:
+            with quiet_stderr():  # the failed reads' coroutines report once more when freed
+                settle(0.1)
+        for path, problem in damaged:
+            moved = _set_aside(path)
+            print(f"note: {path}: {problem}; resuming from step {step} (train.resume_from_damaged="
                   f"previous); the damaged step is kept as {moved}", file=sys.stderr,
                   flush=True)
         if damaged:
             mngr.reload()
         return step, state, data_state
     if damaged:
-        raise damaged[0]
+        raise DamagedCheckpoint.from_message(*damaged[0])
     return None
 
 
@@ -408,6 +443,14 @@ class DamagedCheckpoint(CheckpointError):
             reason = reason[:297] + "..."
         where = f"item '{item}', {_item_file(step_dir, item)}: " if item else ""
         super().__init__(step_dir, f"checkpoint step {step} is damaged ({where}{reason})")
+
+    @classmethod
+    def from_message(cls, path: str, problem: str) -> DamagedCheckpoint:
+        """The same error again, from its path and problem, without the original."""
+        err = cls.__new__(cls)
+        CheckpointError.__init__(err, path, problem)
+        err.step, err.item = None, None
+        return err
 
 
 def _item_file(step_dir: str, item: str) -> str:

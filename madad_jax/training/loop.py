@@ -117,7 +117,7 @@ class LoopSettings:
                   batch_size=int(section.batch_size), log_every=int(section.log_every_steps),
                   checkpoint_every=int(section.checkpoint_every_steps),
                   keep=int(section.keep_checkpoints), val_every=int(section.val_every_steps),
-                  resume_from_damaged=str(section.get("resume_from_damaged", "stop")))
+                  resume_from_damaged=str(section.resume_from_damaged))
         return cls(name, ckpt_dir, **dict(kw, **overrides))
 
     def validates_at(self, done: int) -> bool:
@@ -273,11 +273,16 @@ def fit(
 def _close_quietly(closable) -> None:
     """Finish and close a checkpoint manager (or logger) after an error, ignoring its own
     errors; Orbax leaves a failed save's temporary directory behind, so remove those."""
-    for fn in ("wait_until_finished", "close"):
-        try:
-            getattr(closable, fn, lambda: None)()
-        except Exception:  # noqa: BLE001, S110 - the first error is the one reported
-            pass
+    if isinstance(closable, Logger):
+        closable.close()
+        return
+    with ckpt.quiet_stderr():  # Orbax's threads would print the reported failure again
+        for fn in ("wait_until_finished", "close"):
+            try:
+                getattr(closable, fn, lambda: None)()
+            except Exception:  # noqa: BLE001, S110 - the first error is the one reported
+                pass
+        ckpt.settle(0.2)
     directory = getattr(closable, "directory", None)
     if directory is not None:
         ckpt.remove_tmp_dirs(str(directory))
