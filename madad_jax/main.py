@@ -169,16 +169,22 @@ def main(argv: list[str]) -> None:
 
 def _drop_closed_loop_reports() -> None:
     """TensorStore's callback threads report a failed checkpoint read or write once more, as
-    `RuntimeError: Event loop is closed` through `sys.excepthook`, once Orbax has closed its
+    `RuntimeError: Event loop is closed` (an unraisable exception), once Orbax has closed its
     event loop. The failure itself is reported in one line; drop only these echoes."""
-    default = sys.excepthook
+    default, default_unraisable = sys.excepthook, sys.unraisablehook
+
+    def echo(value) -> bool:
+        return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
 
     def hook(kind, value, tb):
-        if kind is RuntimeError and str(value) == "Event loop is closed":
-            return
-        default(kind, value, tb)
+        if not echo(value):
+            default(kind, value, tb)
 
-    sys.excepthook = hook
+    def unraisable(info):
+        if not echo(info.exc_value):
+            default_unraisable(info)
+
+    sys.excepthook, sys.unraisablehook = hook, unraisable
 
 
 def _fail(message: str, code: int = 1, quiet_after: bool = False) -> None:

@@ -127,6 +127,8 @@ def test_inference_on_a_damaged_checkpoint_is_one_line(setup, trained, tmp_path,
            f"--workdir={tmp_path / 'run'}", f"--config.mode={mode}",
            f"--config.checkpoint={wd}", f"--config.predict.input={scan}",
            f"--config.predict.output={out}"]
+    if mode == "evaluate":  # a test split, so that validation passes and the restore runs
+        cmd.append(f"--config.data.test_path={setup[1]}")
     r = subprocess.run(cmd, cwd=REPO, env=_env(setup[0] / "cache"), capture_output=True,
                        text=True, timeout=600)
     line = _one_error_line(r)

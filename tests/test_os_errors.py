@@ -87,6 +87,10 @@ def _one_line(r: subprocess.CompletedProcess) -> str:
 
 
 def _leftovers(folder: Path) -> list[str]:
+    """Temporary or set-aside entries in `folder` (none when it is not there at all: the
+    lock removes a workdir it created when the run left it empty)."""
+    if not folder.exists():
+        return []
     return sorted(n for n in os.listdir(folder) if ".tmp-" in n or ".old-" in n)
 
 
