@@ -1,11 +1,11 @@
 """A damaged checkpoint step is one stderr line naming it; resuming past it needs
 `train.resume_from_damaged=previous`, which never deletes the damaged step."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+import fault_helpers
 import jax
 import numpy as np
 import pytest
@@ -15,13 +15,6 @@ from madad_jax.core import checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 4
-
-
-def _env(cache: Path) -> dict[str, str]:
-    return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-                JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +34,8 @@ def _train(setup, workdir: Path, *extra: str) -> subprocess.CompletedProcess:
            f"--config.vae_train.checkpoint={vae}", f"--config.train.num_steps={STEPS}",
            "--config.train.checkpoint_every_steps=2", "--config.train.log_every_steps=1",
            "--config.train.keep_checkpoints=3", *extra]
-    return subprocess.run(cmd, cwd=REPO, env=_env(root / "cache"), capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(cmd, cwd=REPO, env=fault_helpers.env(root / "cache"),
+                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +122,8 @@ def test_inference_on_a_damaged_checkpoint_is_one_line(setup, trained, tmp_path,
            f"--config.predict.output={out}"]
     if mode == "evaluate":  # a test split, so that validation passes and the restore runs
         cmd.append(f"--config.data.test_path={setup[1]}")
-    r = subprocess.run(cmd, cwd=REPO, env=_env(setup[0] / "cache"), capture_output=True,
-                       text=True, timeout=600)
+    r = subprocess.run(cmd, cwd=REPO, env=fault_helpers.env(setup[0] / "cache"),
+                       capture_output=True, text=True, timeout=600)
     line = _one_error_line(r)
     assert f"checkpoint step {STEPS} is damaged" in line and "'params'" in line
     assert not out.exists() and not (tmp_path / "run" / "evaluate").exists()

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import fault_helpers
 import jax
 import numpy as np
 from train_helpers import make_slices, save_vae, tiny_config, write_shards
@@ -33,17 +34,6 @@ def _command(workdir: Path, data: Path, vae: Path) -> list[str]:
         "--config.train.checkpoint_every_steps=2", "--config.train.log_every_steps=1",
         "--config.train.keep_checkpoints=2",
     ]
-
-
-def _env(cache: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-        # Only the first run compiles; the others load the same executables.
-        JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
-    )
-    return env
 
 
 def _final_state(workdir: Path):
@@ -86,7 +76,7 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path):
     data = write_shards(make_slices(24, 32, seed=2),
                         str(tmp_path / "train.array_record-00000-of-00001"))
     vae = save_vae(config, str(tmp_path / "vae"))
-    env = _env(tmp_path / "jax_cache")
+    env = fault_helpers.env(tmp_path / "jax_cache")
 
     straight = tmp_path / "straight"
     r = subprocess.run(_command(straight, Path(data), Path(vae)), cwd=REPO, env=env,
