@@ -118,6 +118,6 @@ def test_num_epochs_sets_the_step_counts(tmp_path):
     c = tiny_config()
     c.data.train_path = write_shards(make_slices(20, 32), str(tmp_path / "t.array_record"))
     c.train.update(dict(batch_size=8, num_epochs=3.0, warmup_epochs=0.5))
-    steps = plan.epoch_steps(c, c.data.train_path)
+    steps = plan.epoch_steps(c, plan.slices_in(c.data.train_path))
     # ceil(20/8) = 3 steps per epoch
     assert (steps["train.num_steps"], steps["train.warmup_steps"]) == (9, 2)

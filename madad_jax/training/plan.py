@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import os
 import sys
 from typing import Any
@@ -23,6 +22,7 @@ from etils import epath
 from madad_jax.core import checkpoint as ckpt
 from madad_jax.core import hosts
 from madad_jax.data import sources
+from madad_jax.data.epochs import steps_in_epoch
 from madad_jax.diffusion import latent_norm
 from madad_jax.diffusion.latent_norm import LatentNorm
 
@@ -69,14 +69,13 @@ def slices_in(path: str) -> int:
     return len(source)
 
 
-def epoch_steps(config, path: str) -> dict[str, int]:
-    """With `train.num_epochs > 0`: `train.num_steps` / `warmup_steps` from the size of the
-    shard set at `path` (ceil(slices / batch) steps per epoch); else no updates."""
+def epoch_steps(config, n: int) -> dict[str, int]:
+    """With `train.num_epochs > 0`: `train.num_steps` / `warmup_steps` for `n` training
+    slices (ceil(n / batch) steps per epoch); else no updates."""
     epochs = float(config.train.num_epochs)
     if epochs <= 0:
         return {}
-    n = slices_in(path)
-    per_epoch = math.ceil(n / int(config.train.batch_size))
+    per_epoch = steps_in_epoch(n, int(config.train.batch_size))
     steps = {"train.num_steps": max(1, round(epochs * per_epoch)),
              "train.warmup_steps": round(float(config.train.warmup_epochs) * per_epoch)}
     if hosts.is_main():
@@ -178,7 +177,8 @@ def make_plan(config, workdir: str) -> RunPlan:
         raise ValueError("latent_scale_from_data / latent_whiten_from_data derive the latent "
                          "normalization from the latent cache: set data.cache_latents=True")
     source = sources.training_source(config, workdir)
-    updates: dict[str, Any] = epoch_steps(config, config.data.latent_cache or source)
+    n = slices_in(config.data.latent_cache or source)  # a cache holds one row per slice
+    updates: dict[str, Any] = epoch_steps(config, n)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     resuming = ckpt.latest_step(ckpt_dir) is not None
     vae_params = None
@@ -196,9 +196,8 @@ def make_plan(config, workdir: str) -> RunPlan:
     updates.update({"data.latent_cache": cache, "data.train_path": source})
     frozen = resolved(config, updates)
     _report_norm(frozen)
-    per_epoch = math.ceil(slices_in(cache or source) / int(config.train.batch_size))
     return RunPlan(frozen, workdir, source, cache, vae_params, LatentNorm.from_config(frozen),
-                   resuming, per_epoch)
+                   resuming, steps_in_epoch(n, int(config.train.batch_size)))
 
 
 def _report_norm(config) -> None:
