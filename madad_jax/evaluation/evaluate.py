@@ -38,12 +38,6 @@ RESULT_DIR = "evaluate"
 # ------------------------------------------------------------------------------- data
 
 
-def load_split(config, workdir: str, split: str) -> dict[str, Any] | None:
-    """The slices of `split` (see `data.sources.eval_slices`); `workdir` is unused."""
-    del workdir
-    return sources.eval_slices(config, split)
-
-
 def _sorted(data: dict[str, Any], limit: int = 0) -> dict[str, Any]:
     """`data` with its per-slice entries ordered by name and cut to `limit` (0: all)."""
     names = [str(n) for n in data["names"]]
@@ -104,7 +98,7 @@ def _volume_protocol(config, workdir, models, params, test, maps) -> tuple[dict,
     threshold = float(e.volume_threshold)
     val_volumes = None
     if threshold < 0:
-        val = load_split(config, workdir, "val")
+        val = sources.eval_slices(config, "val")
         if val is None or val.get("segmentations") is None:
             raise ValueError(
                 "evaluate.protocols has 'volume' but there is no validation split with "
@@ -173,7 +167,7 @@ def run(config, workdir: str) -> dict[str, Any]:
 
     if jax.process_index() == 0:
         files.check_writable(os.path.join(workdir, RESULT_DIR))  # before the inference
-    test = _sorted(load_split(config, workdir, "test"),
+    test = _sorted(sources.eval_slices(config, "test"),
                    int(config.evaluate.max_examples))
     images, segs = test["images"], test.get("segmentations")
     t0 = time.time()
