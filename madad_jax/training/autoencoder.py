@@ -33,8 +33,8 @@ from madad_jax.training.loop import (
     ShardedTask,
     State,
     config_json,
+    fit,
     new_state,
-    train,
 )
 
 LAST_LAYER = ("decoder", "conv_out", "kernel")
@@ -167,6 +167,6 @@ def train_loop(config, workdir: str, batches: Iterator[Batch], mesh=None) -> Any
     """Train the autoencoder to `vae_train.num_steps` (resuming); return its parameters."""
     mesh = mesh_lib.make_mesh(config) if mesh is None else mesh
     settings = LoopSettings.of("vae", vae_checkpoint_dir(workdir), config.vae_train)
-    state = train(VAETask(config, mesh), workdir, batches, settings,
+    state = fit(VAETask(config, mesh), workdir, batches, settings,
                   arch=ckpt.arch_from_config(config), config_json=config_json(config))
     return state["params"]["vae"]

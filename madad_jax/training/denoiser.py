@@ -34,8 +34,8 @@ from madad_jax.training.loop import (
     ShardedTask,
     State,
     config_json,
+    fit,
     new_state,
-    train,
 )
 from madad_jax.training.optimizer import lr_schedule, make_optimizer
 
@@ -261,5 +261,5 @@ def train_loop(
     task = DenoiserTask(config, mesh, vae_abstract, vae_params, norm, steps_per_epoch)
     settings = LoopSettings.of("train", checkpoint_dir(workdir), config.train,
                                **epoch_settings(config.train, steps_per_epoch))
-    return train(task, workdir, batches, settings, arch=ckpt.arch_from_config(config),
+    return fit(task, workdir, batches, settings, arch=ckpt.arch_from_config(config),
                  config_json=config_json(config), val_batches=val_batches)

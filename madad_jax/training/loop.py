@@ -128,15 +128,6 @@ class LoopSettings:
         return done > self.val_after and done % every == self.val_after % every
 
 
-def train(task: Task, workdir: str, batches: Iterator[Batch], settings: LoopSettings,
-          arch: dict[str, Any], config_json: dict[str, Any],
-          val_batches: ValBatches | None = None) -> State:
-    """Check the batch size against the mesh, then `fit` `task` as `settings` say."""
-    check_batch_size(settings.batch_size, task.mesh)
-    return fit(task, workdir, batches, settings, arch=arch, config_json=config_json,
-               val_batches=val_batches)
-
-
 class TrainingDiverged(RuntimeError):
     """The loss or the gradients became NaN/Inf; nothing after the last good step is saved."""
 
@@ -179,13 +170,15 @@ def fit(
 ) -> State:
     """The resumable training loop shared by the denoiser and the autoencoder.
 
-    The loop resumes from the newest checkpoint in `settings.ckpt_dir`, restoring the data
-    iterator too; it checks every step's metrics for NaN/Inf before each save, so a bad state
-    is never written. With `val_batches` (a list, or a function that yields the batches anew)
-    it validates as `settings.validates_at` says and keeps one best copy per entry of
-    `task.best_copies` in `workdir/<name>/`.
+    After checking the batch size against the mesh, the loop resumes from the newest
+    checkpoint in `settings.ckpt_dir`, restoring the data iterator too; it checks every step's
+    metrics for NaN/Inf before each save, so a bad state is never written. With `val_batches`
+    (a list, or a function that yields the batches anew) it validates as
+    `settings.validates_at` says and keeps one best copy per entry of `task.best_copies` in
+    `workdir/<name>/`.
     """
     s, name, ckpt_dir = settings, settings.name, settings.ckpt_dir
+    check_batch_size(s.batch_size, task.mesh)
     if s.resume_from_damaged not in ("stop", "previous"):
         raise ValueError(f"{name}.resume_from_damaged must be stop | previous, not "
                          f"{s.resume_from_damaged!r}")
