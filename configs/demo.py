@@ -13,9 +13,16 @@ protocol. About 10 minutes on a 2-core CPU. `DIR/evaluate/metrics.json` also hol
 """
 
 
+import os
+
 import ml_collections
 
+import madad_jax
 from madad_jax.config import default_config, demo_data
+
+# The autoencoder shipped with the project, made by this config with
+# --config.vae_train.enabled=True (see madad_jax/assets/demo_vae/README.md).
+SHIPPED_VAE = os.path.join(os.path.dirname(madad_jax.__file__), "assets", "demo_vae")
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -32,8 +39,9 @@ def get_config() -> ml_collections.ConfigDict:
         resolution=64,
     )
     c.vae_train.update(
-        enabled=True,
-        num_steps=400,
+        enabled=False,
+        pretrained=SHIPPED_VAE,
+        num_steps=3_000,
         batch_size=16,
         lr=8e-4,
         kl_weight=1e-6,
@@ -88,5 +96,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.cache_latents = True
     c.latent_whiten_from_data = True
     c.data.modality = "T1"
-    c.data.demo = demo_data()  # 40 healthy training and 40 lesioned test subjects
+    c.data.demo = demo_data()
+    c.data.demo.update(n_val=40, z_mm=(-72.0, 81.0))
+    c.train.validation = "none"
+    c.evaluate.select.enabled = True
+    c.evaluate.ablations = True
     return c

@@ -152,7 +152,7 @@ def default_config() -> ml_collections.ConfigDict:
             # batches: `val_batches` fixed batches of data.val_path, one best copy by total
             # loss | reference: the whole val split every `val_every_epochs` epochs with the
             # reference's validation masking and seed, best copies by val MSE and by val mask
-            # loss (DIR/best_mse, DIR/best_mask_prediction).
+            # loss (DIR/best_mse, DIR/best_mask_prediction) | none: no validation.
             validation="batches",
             val_every_epochs=10,
             val_seed=0,
@@ -178,6 +178,9 @@ def default_config() -> ml_collections.ConfigDict:
         dict(
             enabled=False,
             checkpoint="",  # load a trained VAE from here instead of training
+            # The autoencoder used when `enabled` is False and `checkpoint` is empty (the
+            # demo: the one shipped in madad_jax/assets/demo_vae, made by its `enabled` run).
+            pretrained="",
             num_steps=20_000,
             batch_size=16,
             lr=4.5e-6,
@@ -218,6 +221,22 @@ def default_config() -> ml_collections.ConfigDict:
             # Which checkpoint of a training run: latest | best_mse | best_mask_prediction
             # (train.validation=reference) | best_loss (train.validation=batches).
             checkpoint="latest",
+            # Sampling settings chosen on the lesioned val split (evaluation.selection): every
+            # combination of the grids below is scored there by max Dice, and the test split
+            # is then scored once with the best. Off: the test split uses config.sample.
+            select=ml_collections.ConfigDict(
+                dict(
+                    enabled=False,
+                    flag_thresholds=(0.5, 0.7, 0.9, 0.95, 0.98),
+                    ddim_steps=(2, 5, 10),
+                    etas=(0.0, 0.5),
+                    sigmas=(1.0, 2.0, 3.0),
+                    map_sources=("image", "latent", "mask"),
+                )
+            ),
+            # Also score the ablations (evaluation.selection.ABLATIONS) on the test slices,
+            # each with its own free settings chosen on the val split when selecting.
+            ablations=False,
         )
     )
 
@@ -240,7 +259,7 @@ MODEL_NAMES = ("unet", "dit")
 MASK_LOSSES = ("mse", "bce")
 SCHEDULES = ("cosine", "constant")
 LR_SCHEDULES = ("per_step", "reference")
-VALIDATIONS = ("batches", "reference")
+VALIDATIONS = ("batches", "reference", "none")
 RESUME_FROM_DAMAGED = ("stop", "previous")
 MAP_SOURCES = ("image", "latent", "mask")
 EVAL_CHECKPOINTS = ("latest", "best_loss", "best_mse", "best_mask_prediction")
@@ -559,6 +578,25 @@ def _mesh(c: _Checker, devices: int | None, batch_keys: Sequence[str]) -> None:
                         "processes")
 
 
+def _selection_grid(c: _Checker) -> None:
+    """evaluate.select: non-empty grids of valid sampler settings."""
+    def grid(key: str, ok) -> None:
+        v = c(key)
+        if not isinstance(v, (list, tuple)) or not v or not all(ok(x) for x in v):
+            c.fail(key, "must be a non-empty tuple of valid values")
+
+    def num(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    steps = c("diffusion.num_steps")
+    grid("evaluate.select.flag_thresholds", lambda x: num(x) and 0 <= x <= 1)
+    grid("evaluate.select.ddim_steps",
+         lambda x: isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= steps)
+    grid("evaluate.select.etas", lambda x: num(x) and 0 <= x <= 1)
+    grid("evaluate.select.sigmas", lambda x: num(x) and x >= 0)
+    grid("evaluate.select.map_sources", lambda x: x in MAP_SOURCES)
+
+
 def _evaluation(c: _Checker) -> None:
     protocols = c("evaluate.protocols")
     if (not isinstance(protocols, (list, tuple)) or not protocols
@@ -576,6 +614,7 @@ def _evaluation(c: _Checker) -> None:
             c.fail(key, "must be () (terciles) or two increasing non-negative sizes (a, b)")
     c.number("evaluate.volume_threshold")
     c.choice("evaluate.checkpoint", EVAL_CHECKPOINTS)
+    _selection_grid(c)
     c.integer("predict.axis", 0, 2)
     c.integer("predict.num_panels", 0)
     if str(c("distributed.initialize")).lower() not in DISTRIBUTED:
@@ -603,6 +642,8 @@ def _paths(c: _Checker, mode: str, workdir: str | None) -> None:
     training = mode in TRAINING_MODES or mode == "train_vae"
     if training:
         must_exist("vae_train.checkpoint", "no such checkpoint")
+        if not c("vae_train.enabled"):
+            must_exist("vae_train.pretrained", "no such checkpoint")
         must_exist("data.latent_cache", "no such latent cache")
         if kind == "arrayrecord":
             if not c("data.train_path"):

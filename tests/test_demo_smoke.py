@@ -21,6 +21,7 @@ SMOKE = (
     "--config.image_size=32",
     "--config.vae.resolution=32",
     "--config.vae.ch_mult=(1,2)",
+    "--config.vae_train.enabled=True",  # train a small one instead of the shipped 64 px VAE
     "--config.vae_train.num_steps=2",
     "--config.vae_train.batch_size=4",
     "--config.vae_train.checkpoint_every_steps=2",
@@ -32,6 +33,10 @@ SMOKE = (
     "--config.train.checkpoint_every_steps=3",
     "--config.data.demo.n_train=2",
     "--config.data.demo.n_test=3",
+    "--config.data.demo.n_val=3",
+    "--config.evaluate.select.ddim_steps=(1,2)",
+    "--config.evaluate.select.flag_thresholds=(0.5,0.9)",
+    "--config.evaluate.select.sigmas=(1.0,)",
     "--config.sample.ddim_steps=2",
     "--config.sample.batch_size=4",
     "--config.evaluate.batch_size=4",
@@ -61,7 +66,16 @@ def test_demo_command_end_to_end(tmp_path):
     out = workdir / "evaluate"
     res = json.loads((out / "metrics.json").read_text())
     assert res["n_slices"] == 3 and res["image_size"] == 32 and res["checkpoint_step"] == 3
-    for part in (res, res["baseline"]):
+    # Settings and the baseline's variant chosen on the lesioned val split, never on test.
+    assert res["selected_on"] == "val" and res["baseline"]["selected_on"] == "val"
+    chosen = res["selection"]["chosen"]
+    assert chosen["ddim_steps"] in (1, 2) and chosen["flag_threshold"] in (0.5, 0.9)
+    assert res["ddim_steps"] == chosen["ddim_steps"] and res["map_source"] == chosen["map_source"]
+    assert len(res["selection"]["candidates"]) == 2 * 2 * 2 * 3 * 1
+    assert set(res["ablations"]) == {"autoencoder", "unmasked", "reference_sampling", "mask_map"}
+    assert res["ablations"]["reference_sampling"]["settings"]["ddim_steps"] == 10
+    assert res["ablations"]["unmasked"]["settings"]["flag_threshold"] > 1.0
+    for part in (res, res["baseline"], *res["ablations"].values()):
         for k in ("max_dice", "f1_max", "auroc", "ap"):
             assert isinstance(part[k], float) and math.isfinite(part[k]), (k, part[k])
             assert 0.0 <= part[k] <= 1.0, (k, part[k])

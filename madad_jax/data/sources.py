@@ -110,12 +110,13 @@ def validation_source(config, workdir: str) -> str:
 
 
 def validation_batches(config, workdir: str) -> list[Batch] | Callable[[], Any] | None:
-    """The validation data of `train.validation` (None without a validation split).
+    """The validation data of `train.validation` (None without a validation split, or with
+    `train.validation="none"`).
 
     "batches": `train.val_batches` fixed batches of the split. "reference": a function
     yielding the whole split anew, in order, its last batch padded with zero weights.
     """
-    path = validation_source(config, workdir)
+    path = "" if config.train.validation == "none" else validation_source(config, workdir)
     if not path:
         return None
     import jax

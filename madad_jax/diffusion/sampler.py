@@ -50,7 +50,7 @@ def ddim_step(
     ][i]
     sigma = eta * jnp.sqrt((1 - ab_prev) / (1 - ab)) * jnp.sqrt(1 - ab / ab_prev)
     cand = x0_hat * jnp.sqrt(ab_prev) + jnp.sqrt(jnp.maximum(1 - ab_prev - sigma**2, 0.0)) * eps
-    if eta:
+    if not isinstance(eta, (int, float)) or eta:  # a traced eta always draws the noise
         noise = jax.random.normal(key, z.shape, z.dtype)
         cand = cand + jnp.where(i != 0, sigma, 0.0) * noise
     flagged = p_clean < flag_threshold

@@ -15,6 +15,7 @@ processes every process computes the maps on its own devices and process 0 write
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -27,7 +28,7 @@ import numpy as np
 
 from madad_jax.core import checkpoint, files
 from madad_jax.data import sources
-from madad_jax.evaluation import metrics
+from madad_jax.evaluation import metrics, selection
 from madad_jax.sampling import inferencer, loading
 
 log = logging.getLogger("madad_jax.evaluation.evaluate")
@@ -112,6 +113,54 @@ def _volume_protocol(config, workdir, models, params, test, maps) -> tuple[dict,
                               None if threshold < 0 else threshold, edges=edges)
 
 
+def _lesioned_val(config, required: bool) -> dict[str, Any] | None:
+    """The val split when it holds lesions (settings are chosen on it, never on test); None,
+    or an error when `required`, otherwise."""
+    val = sources.eval_slices(config, "val")
+    if val is None or val.get("segmentations") is None or not np.any(val["segmentations"]):
+        if not required:
+            return None
+        raise ValueError("evaluate.select / evaluate.ablations choose settings on a lesioned "
+                         "val split, and this data set has none (demo: data.demo.n_val > 0)")
+    return _sorted(val)
+
+
+def _ablations(config, models, params, images, segs, val, val_sampler,
+               chosen) -> dict[str, Any]:
+    """`selection.ABLATIONS` on the test slices; settings chosen on `val` when given."""
+    test_sampler = selection.Sampler(config, models, params, images)
+    s = config.sample
+    fixed = selection.Setting(int(s.ddim_steps), float(s.flag_threshold), float(s.eta),
+                              str(s.map_source), float(s.sigma))
+    if val is not None:
+        settings = selection.choose_ablations(val_sampler, val["segmentations"],
+                                              config.evaluate.select, chosen or fixed)
+    else:  # no val split: every free setting is the config's
+        settings = {name: (grid[0] if name == "reference_sampling" else dataclasses.replace(
+            grid[0], sigma=fixed.sigma), float("nan")) for name, grid in
+            selection.ablation_grids(config.evaluate.select, fixed).items()}
+        settings["mask_map"] = (dataclasses.replace(fixed, map_source="mask"), float("nan"))
+    return selection.score_ablations(test_sampler, segs, settings)
+
+
+def comparisons(result: dict[str, Any]) -> dict[str, float]:
+    """The model's max Dice against the baseline and each ablation (differences), and the
+    mask head's map as a fraction of the model's max Dice."""
+    out: dict[str, float] = {}
+    model = result.get("max_dice")
+    if model is None:
+        return out
+    if "baseline" in result:
+        out["model_minus_baseline"] = model - result["baseline"]["max_dice"]
+    abl = result.get("ablations", {})
+    for name in ("autoencoder", "unmasked", "reference_sampling"):
+        if name in abl:
+            out[f"model_minus_{name}"] = model - abl[name]["max_dice"]
+    if "mask_map" in abl and model > 0:
+        out["mask_map_over_model"] = abl["mask_map"]["max_dice"] / model
+    return out
+
+
 # ---------------------------------------------------------------------------- writing
 
 
@@ -170,6 +219,19 @@ def run(config, workdir: str) -> dict[str, Any]:
     test = _sorted(sources.eval_slices(config, "test"),
                    int(config.evaluate.max_examples))
     images, segs = test["images"], test.get("segmentations")
+    e = config.evaluate
+    val = val_sampler = chosen = None
+    if segs is not None and (e.select.enabled or e.ablations or e.baseline):
+        val = _lesioned_val(config, required=bool(e.select.enabled))
+    if val is not None:
+        val_sampler = selection.Sampler(config, models, restored.params, val["images"])
+    if val is not None and e.select.enabled:
+        t_sel = time.time()
+        chosen, val_score, table = selection.best(
+            val_sampler, selection.grid(e.select), val["segmentations"])
+        config = chosen.apply(config)
+        log.info("chose %s on %d val slices (max Dice %.4f) in %.1f s", chosen,
+                 len(val["names"]), val_score, time.time() - t_sel)
     t0 = time.time()
     outputs = compute_outputs(config, models, restored.params, images,
                               keys=("anomaly_map", "sample", "mean_anomalous"))
@@ -207,7 +269,19 @@ def run(config, workdir: str) -> dict[str, Any]:
         if config.evaluate.baseline:
             from madad_jax.evaluation import baseline
 
-            result["baseline"] = baseline.evaluate(images, test["brainmasks"], segs)
+            result["baseline"] = baseline.evaluate(
+                images, test["brainmasks"], segs,
+                select_on=None if val is None else (
+                    val["images"], val["brainmasks"], val["segmentations"]))
+        if chosen is not None:
+            result["selected_on"] = "val"
+            result["selection"] = dict(
+                chosen=dataclasses.asdict(chosen), val_max_dice=val_score,
+                n_val_slices=len(val["names"]), grid=e.select.to_dict(), candidates=table)
+        if e.ablations:
+            result["ablations"] = _ablations(config, models, restored.params, images, segs,
+                                             val, val_sampler, chosen)
+            result["comparisons"] = comparisons(result)
 
     if jax.process_index() == 0:
         out_dir = os.path.join(workdir, RESULT_DIR)

@@ -62,25 +62,12 @@ def anomaly_map(
     return gaussian_filter_2d(amap, float(scfg.sigma))
 
 
-def make_infer_fn(vae, denoiser, config, trajectory: bool = False) -> Callable[..., dict]:
-    """Jitted `infer(params, images, key) -> dict` for one batch.
-
-    `params` is `{"vae": ..., "denoiser": ...}` (the checkpoint's layout), `images`
-    (B,H,W,C) in [-1, 1], `key` drives the DDIM noise (unused when eta = 0). The result holds
-    `anomaly_map` (B,H,W), `sample` (decode of the corrected latent), `reconstruction`
-    (decode of the input latent), `latent` (corrected, normalized), `encoded` (input, normalized),
-    `mean_anomalous` (B,h,w: 1 - P(clean) averaged over steps) and `flagged_frac` (B,).
-    With `trajectory`, also `steps_z` (S+1,...): each step's input then the last output,
-    `steps_x0_hat` (S,...), `steps_flagged` and `steps_p_clean` (S,B,h,w,1), `steps_t` (S,).
-    """
-    scfg = config.sample
-    if scfg.map_source not in MAP_SOURCES:
-        raise ValueError(f"unknown sample.map_source {scfg.map_source!r}; expected {MAP_SOURCES}")
-    n = int(scfg.ddim_steps)
+def _sampler(vae, denoiser, config, n: int, trajectory: bool = False) -> Callable[..., dict]:
+    """`run(params, images, key, thr, eta) -> dict`, un-jitted: encode, n mask-guided DDIM
+    steps in a `lax.scan`, both decodes; no map. `thr` and `eta` are Python floats (baked into
+    the program, as the reference computes) or traced scalars (one program for a sweep)."""
     tables = ddim_tables(config.diffusion.num_steps, n)
     norm = LatentNorm.from_config(config)
-    eta = float(scfg.eta)
-    thr = float(scfg.flag_threshold)
     apply_den = denoiser_fn(denoiser)
 
     def encode(p, x):
@@ -89,8 +76,7 @@ def make_infer_fn(vae, denoiser, config, trajectory: bool = False) -> Callable[.
     def decode(p, z):
         return vae.apply({"params": p}, z, method=vae.decode)
 
-    @jax.jit
-    def infer(params, images, key):
+    def run(params, images, key, thr, eta):
         z_in = norm.to_model(encode(params["vae"], images.astype(jnp.float32)))
 
         def body(carry, xs):
@@ -108,18 +94,13 @@ def make_infer_fn(vae, denoiser, config, trajectory: bool = False) -> Callable[.
         keys = jax.random.split(key, n)
         init = (z_in, jnp.zeros(z_in.shape[:3], jnp.float32))
         (z_out, anomalous), ys = jax.lax.scan(body, init, (steps, keys))
-        mean_anomalous = anomalous / n
-        x_hat = decode(params["vae"], norm.from_model(z_out))
-        x_rec = decode(params["vae"], norm.from_model(z_in))
-        amap = anomaly_map(scfg.map_source, scfg, x_hat, x_rec, z_out, z_in, mean_anomalous)
         flagged = ys[2] if trajectory else ys
         res = dict(
-            anomaly_map=amap,
-            sample=x_hat,
-            reconstruction=x_rec,
+            sample=decode(params["vae"], norm.from_model(z_out)),
+            reconstruction=decode(params["vae"], norm.from_model(z_in)),
             latent=z_out,
             encoded=z_in,
-            mean_anomalous=mean_anomalous,
+            mean_anomalous=anomalous / n,
             flagged_frac=flagged.any(axis=0).mean(axis=(1, 2, 3)),
         )
         if trajectory:
@@ -132,4 +113,48 @@ def make_infer_fn(vae, denoiser, config, trajectory: bool = False) -> Callable[.
             )
         return res
 
+    return run
+
+
+def make_infer_fn(vae, denoiser, config, trajectory: bool = False) -> Callable[..., dict]:
+    """Jitted `infer(params, images, key) -> dict` for one batch.
+
+    `params` is `{"vae": ..., "denoiser": ...}` (the checkpoint's layout), `images`
+    (B,H,W,C) in [-1, 1], `key` drives the DDIM noise (unused when eta = 0). The result holds
+    `anomaly_map` (B,H,W), `sample` (decode of the corrected latent), `reconstruction`
+    (decode of the input latent), `latent` (corrected, normalized), `encoded` (input, normalized),
+    `mean_anomalous` (B,h,w: 1 - P(clean) averaged over steps) and `flagged_frac` (B,).
+    With `trajectory`, also `steps_z` (S+1,...): each step's input then the last output,
+    `steps_x0_hat` (S,...), `steps_flagged` and `steps_p_clean` (S,B,h,w,1), `steps_t` (S,).
+    """
+    scfg = config.sample
+    if scfg.map_source not in MAP_SOURCES:
+        raise ValueError(f"unknown sample.map_source {scfg.map_source!r}; expected {MAP_SOURCES}")
+    run = _sampler(vae, denoiser, config, int(scfg.ddim_steps), trajectory)
+    eta = float(scfg.eta)
+    thr = float(scfg.flag_threshold)
+
+    @jax.jit
+    def infer(params, images, key):
+        res = run(params, images, key, thr, eta)
+        res["anomaly_map"] = anomaly_map(
+            scfg.map_source, scfg, res["sample"], res["reconstruction"], res["latent"],
+            res["encoded"], res["mean_anomalous"])
+        return res
+
     return infer
+
+
+def make_sweep_fn(vae, denoiser, config, ddim_steps: int) -> Callable[..., dict]:
+    """Jitted `sweep(params, images, key, flag_threshold, eta) -> dict` with `ddim_steps`
+    steps: the outputs of `make_infer_fn` but the map, for any threshold and eta without a
+    new compile (a threshold above 1 flags every position). The maps of any source and
+    smoothing follow from them with `anomaly_map`."""
+    run = _sampler(vae, denoiser, config, int(ddim_steps))
+
+    @jax.jit
+    def sweep(params, images, key, flag_threshold, eta):
+        return run(params, images, key, jnp.asarray(flag_threshold, jnp.float32),
+                   jnp.asarray(eta, jnp.float32))
+
+    return sweep

@@ -140,6 +140,8 @@ def new_vae(config, workdir: str, source: str) -> tuple[Any, dict[str, Any]]:
                              "used while vae_train.enabled trains a new one")
         batches = sources.train_batches(config, source, int(vcfg.batch_size))
         return autoencoder.train_loop(config, workdir, batches), config.vae.to_dict()
+    if vcfg.get("pretrained"):
+        return load_vae(config, vcfg.pretrained)
     raise ValueError("no autoencoder: set vae_train.checkpoint=CKPT_DIR (for example the "
                      "reference's imported VAE) or vae_train.enabled=True")
 
