@@ -8,6 +8,7 @@ each departure from the training domain must be reported, and an in-distribution
 import dataclasses
 import importlib
 import json
+import os
 import re
 
 import nibabel as nib
@@ -117,6 +118,31 @@ def test_slices_on_the_training_grid_are_the_training_slices(written, dom, demo_
     with_brain = [i for i in range(len(ref["names"])) if ref["brainmasks"][i].any()]
     assert sorted(i for _, i in pairs) == with_brain
     for r, i in pairs:
+        np.testing.assert_allclose(r["image"], ref["images"][i, ..., 0], atol=1e-5)
+        np.testing.assert_array_equal(r["brainmask"], ref["brainmasks"][i])
+
+
+def test_the_slices_do_not_depend_on_the_voxel_order(tmp_path, written, dom, demo_cfg):
+    """The training-grid subject stored left-to-right flipped and with x and y swapped (same
+    world positions) gives the same slices."""
+    paths, ref = written
+    out = []
+    for p in paths["train_grid"]:
+        img = nib.load(p)
+        data = np.asarray(img.dataobj)[::-1].transpose(1, 0, 2)
+        a = img.affine.copy()
+        a[:3, 3] += (data.shape[1] - 1) * a[:3, 0]
+        a[:, 0] *= -1
+        a = a[:, [1, 0, 2, 3]]
+        new = nib.Nifti1Image(np.ascontiguousarray(data), a)
+        new.set_qform(a, code=4)
+        new.set_sform(a, code=4)
+        out.append(str(tmp_path / os.path.basename(p)))
+        nib.save(new, out[-1])
+    s = _subject(out)
+    assert "".join(nib.aff2axcodes(s.image.affine)) == "ALS"
+    rows, _ = _rows(s, dom, demo_cfg)
+    for r, i in _pairs(rows, ref, dom):
         np.testing.assert_allclose(r["image"], ref["images"][i, ..., 0], atol=1e-5)
         np.testing.assert_array_equal(r["brainmask"], ref["brainmasks"][i])
 

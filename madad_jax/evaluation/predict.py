@@ -130,7 +130,7 @@ def resolve_geometry(requested: str, dom: domain.TrainingDomain) -> str:
 
 @dataclasses.dataclass
 class Prediction:
-    rows: list[dict[str, Any]]  # preprocess.subject_slices rows
+    rows: list[dict[str, Any]]  # preprocess.subject_slices or grid_slices rows
     maps: np.ndarray  # (n, S, S) slice maps, 0 outside the slice brain mask
     samples: np.ndarray | None  # (n, S, S) healthy counterparts
     volume: np.ndarray  # the map in the input's own grid
