@@ -285,6 +285,9 @@ def test_non_demo_models_check_the_recorded_settings(written):
     warnings = domain.check_volume(s, recorded, opts=opts, geometry="pad")
     assert len(warnings) == 3, warnings
     assert any("128 px" in w for w in warnings) and any("axis 0" in w for w in warnings)
+    demo = domain.training_domain({"data": {"kind": "demo"}}, 64)
+    assert any("fixed MNI-space grid" in w
+               for w in domain.check_volume(s, demo, opts=opts, geometry="pad"))
     sl_warnings, outside = domain.check_slices(rows, recorded, s, opts)
     area = s.brainmask.sum(axis=(0, 1))
     small = sorted(int(k) for k in np.flatnonzero((area > 0) & (area < 0.1 * area.max())))

@@ -245,7 +245,8 @@ def check_volume(
     With an MNI grid (`geometry == "mni_grid"`): voxel size against the training pixel and
     slice spacing, brain outside the training field of view, and (for demo models) signs
     that the scan is not registered to MNI152. Otherwise: the slicing `opts` against the
-    recorded training settings (image size, axis, fit); nothing when none were recorded.
+    recorded training settings (image size, axis, fit), and that a demo model is not used
+    on its grid; nothing when none were recorded.
     """
     if geometry == "mni_grid" and domain.has_grid:
         pts = brain_points(subject) if points is None else points
@@ -258,6 +259,10 @@ def check_volume(
         return out
     s = domain.settings
     out = []
+    if domain.mni:
+        out.append(f"the model was trained on slices of a fixed MNI-space grid, predict.geometry="
+                   f"{geometry or '?'} cuts this scan at another scale and position (use auto "
+                   "or mni_grid)")
     if "image_size" in s and int(s["image_size"]) != domain.image_size:
         out.append(f"the training slices were {s['image_size']} px, the model's image_size is "
                    f"{domain.image_size}")
@@ -290,10 +295,13 @@ def check_slices(
                    for r in rows if not z0 - tol <= r["z_mm"] <= z1 + tol]
         if not outside:
             return [], []
-        zs = [o["z_mm"] for o in outside]
-        return [f"{len(outside)} of {len(rows)} brain slices, at z = {min(zs):.4g}..{max(zs):.4g} "
-                f"mm, lie outside the training z range {z0:.4g}..{z1:.4g} mm; they are scored "
-                "but the model never saw them (listed in the json)"], outside
+        below = [o["z_mm"] for o in outside if o["z_mm"] < z0]
+        above = [o["z_mm"] for o in outside if o["z_mm"] > z1]
+        where = [f"{len(zs)} {side} it (z = {min(zs):.4g}..{max(zs):.4g} mm)"
+                 for zs, side in ((below, "below"), (above, "above")) if zs]
+        return [f"{len(outside)} of {len(rows)} brain slices lie outside the training z range "
+                f"{z0:.4g}..{z1:.4g} mm: {' and '.join(where)}; they are scored but the model "
+                "never saw such slices (listed in the json)"], outside
     s = domain.settings
     if subject is None or opts is None or "min_brain_fraction" not in s:
         return [], []

@@ -347,10 +347,11 @@ def run(config, workdir: str) -> dict[str, str]:
         points = domain.brain_points(subject)
         slicing = domain.input_slicing(dom, subject, points)
     warnings = domain.check_volume(subject, dom, points, opts, geometry)
+    warn(warnings)
     rows = slice_subject(subject, opts, slicing)
     slice_warnings, outside = domain.check_slices(rows, dom, subject, opts)
+    warn(slice_warnings)
     warnings += slice_warnings
-    warn(warnings)
 
     models = loading.build_models(run_config)
     key = jax.random.PRNGKey(int(run_config.sample.seed))
