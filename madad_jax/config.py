@@ -242,7 +242,11 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.predict = ml_collections.ConfigDict(
         dict(input="", brainmask="", segmentation="", output="", axis=2,
-             num_panels=4)  # slices shown in the PNG panels
+             num_panels=4,  # slices shown in the PNG panels
+             # How the scan is sliced: auto | pad | brain | mni_grid. auto: mni_grid for a
+             # checkpoint trained on the demo's MNI-space grid (resampled by the scan's
+             # affine onto it), else the training manifest's fit, else pad.
+             geometry="auto")
     )
     return c
 
@@ -263,6 +267,7 @@ VALIDATIONS = ("batches", "reference", "none")
 RESUME_FROM_DAMAGED = ("stop", "previous")
 MAP_SOURCES = ("image", "latent", "mask")
 EVAL_CHECKPOINTS = ("latest", "best_loss", "best_mse", "best_mask_prediction")
+PREDICT_GEOMETRIES = ("auto", "pad", "brain", "mni_grid")  # evaluation.predict.GEOMETRIES
 PROTOCOLS = ("slice", "volume")
 PARAM_SHARDINGS = ("replicated", "fsdp")
 DISTRIBUTED = ("auto", "on", "off", "true", "false", "1", "0", "yes", "no")
@@ -617,6 +622,7 @@ def _evaluation(c: _Checker) -> None:
     _selection_grid(c)
     c.integer("predict.axis", 0, 2)
     c.integer("predict.num_panels", 0)
+    c.choice("predict.geometry", PREDICT_GEOMETRIES)
     if str(c("distributed.initialize")).lower() not in DISTRIBUTED:
         c.fail("distributed.initialize", "must be auto | on | off")
     c.integer("distributed.num_processes", 0)

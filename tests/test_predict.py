@@ -82,6 +82,8 @@ def test_predict_round_trip(tmp_path, fixture_ckpt):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     summary = json.loads(open(paths["summary"]).read())
     assert summary["num_slices"] > 20 and summary["step"] == 0
+    # nothing recorded about the training data: the converter's geometry, nothing to warn of
+    assert summary["geometry"] == "pad" and summary["warnings"] == []
     assert 0.0 <= summary["voxel_auroc"] <= 1.0
     assert sorted(os.listdir(out)) == sorted(os.path.basename(p) for p in paths.values())
 

@@ -5,6 +5,10 @@ the RAS+ volume (axis 2 = axial); a 90-degree rotation so that anterior is up; a
 crop to the brain's bounding box; zero-padding to a square; resizing to `image_size`
 (linear for the image, nearest for masks). Every step is recorded in a JSON-able
 `geometry` so that per-slice results map back into the input's own voxel grid.
+
+For models trained on slices of a fixed world grid (the demo's MNI-space slices),
+`grid_slices` resamples a volume through its affine onto an `AxialGrid` instead, and
+`grid_to_volume` maps per-slice results back by the same affines.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from nibabel import orientations as ornt
 from scipy import ndimage
 
 from madad_jax.data.errors import BadInputError
-from madad_jax.data.nifti import Subject
+from madad_jax.data.nifti import Subject, Volume
 
 POLICIES = ("all", "middle", "healthy", "largest_lesion")
 
@@ -202,3 +206,192 @@ def slices_to_volume(
         ornt.axcodes2ornt(("R", "A", "S")), np.asarray(g["orientation"], dtype=float)
     )
     return np.ascontiguousarray(ornt.apply_orientation(canonical, back))
+
+
+# --- Slices on a fixed world grid (models trained on MNI-space slices, e.g. the demo). ---
+
+# Sigma (in mm, per mm of voxel spacing) of the Gaussian blur that keeps resampling to a
+# coarser grid from aliasing; the demo's synthetic subjects are made with the same rule
+# (0.42 * sqrt(target^2 - source^2) mm, `data.synthetic.anatomy`).
+ANTIALIAS_SIGMA = 0.42
+
+
+@dataclasses.dataclass(frozen=True)
+class AxialGrid:
+    """Axial slices on a fixed world (RAS+ mm) grid.
+
+    Voxel (i, j, k) lies at x = x0 + i * pixel_mm, y = y0 + j * pixel_mm, z = z0 + k * step_mm;
+    the image of slice k is `np.rot90` of plane [:, :, k] (anterior up, the subject's left on
+    the right), as the demo's training slices are cut.
+    """
+
+    size: int  # pixels along x and y
+    pixel_mm: float
+    origin_mm: tuple[float, float, float]  # (x0, y0, z0): the centre of voxel (0, 0, 0)
+    step_mm: float  # distance between slices
+    num_slices: int
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.size, self.size, self.num_slices)
+
+    @property
+    def affine(self) -> np.ndarray:
+        """Voxel index -> world mm."""
+        a = np.diag([self.pixel_mm, self.pixel_mm, self.step_mm, 1.0])
+        a[:3, 3] = self.origin_mm
+        return a
+
+    def z_mm(self) -> np.ndarray:
+        """World z of every slice."""
+        return self.origin_mm[2] + self.step_mm * np.arange(self.num_slices)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["origin_mm"] = [float(v) for v in self.origin_mm]
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class GridSlicing:
+    """How a volume is resampled onto an `AxialGrid`.
+
+    antialias_mm: the sampling (mm along world x, y, z) the training slices had; input
+      axes finer than it are blurred first (`ANTIALIAS_SIGMA`).
+    norm_z_mm: intensities are normalized with the percentiles of the brain voxels whose
+      slices lie in this world z range (the training volumes' extent); None: all of them.
+    """
+
+    grid: AxialGrid
+    antialias_mm: tuple[float, float, float]
+    norm_z_mm: tuple[float, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"grid": self.grid.to_dict(), "antialias_mm": list(self.antialias_mm),
+                "norm_z_mm": None if self.norm_z_mm is None else list(self.norm_z_mm)}
+
+
+def canonical_affine(vol: Volume) -> np.ndarray:
+    """The voxel -> world affine of `vol.data` (the RAS+ reoriented array)."""
+    to_ras = ornt.ornt_transform(vol.orientation, ornt.axcodes2ornt(("R", "A", "S")))
+    return vol.affine @ ornt.inv_ornt_aff(to_ras, vol.shape)
+
+
+def voxel_sizes(affine: np.ndarray) -> np.ndarray:
+    """The spacing (mm) along each voxel axis of `affine`."""
+    return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
+
+
+def _antialias_sigmas(affine: np.ndarray, target_mm: tuple[float, float, float]) -> np.ndarray:
+    """Per voxel axis: the blur (in voxels) that brings it to `target_mm` of the world axis
+    it runs closest to; 0 where it is already as coarse."""
+    spacing = voxel_sizes(affine)
+    world_axis = np.argmax(np.abs(affine[:3, :3]), axis=0)
+    target = np.asarray(target_mm, np.float64)[world_axis]
+    sigma_mm = ANTIALIAS_SIGMA * np.sqrt(np.maximum(target**2 - spacing**2, 0.0))
+    return sigma_mm / spacing
+
+
+def _sample(data: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """Trilinear samples of `data` at voxel coordinates (3, ...), 0 outside."""
+    return ndimage.map_coordinates(data, coords, order=1, mode="constant", cval=0.0)
+
+
+def resample_to_grid(
+    subject: Subject, slicing: GridSlicing
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The subject's image (raw intensities, 0 outside the brain), brain mask and
+    segmentation on `slicing.grid`.
+
+    The image and the mask are blurred along the axes finer than `slicing.antialias_mm`,
+    then sampled trilinearly (the mask: >= 0.5); the segmentation is > 0.5 of its trilinear
+    samples.
+    """
+    affine = canonical_affine(subject.image)
+    grid = slicing.grid
+    idx = np.indices(grid.shape, dtype=np.float64).reshape(3, -1)
+    ga = grid.affine
+    world = ga[:3, :3] @ idx + ga[:3, 3:4]
+    to_vox = np.linalg.inv(affine)
+    coords = (to_vox[:3, :3] @ world + to_vox[:3, 3:4]).reshape(3, *grid.shape)
+    sigma = _antialias_sigmas(affine, slicing.antialias_mm)
+    image = subject.image.data.astype(np.float32)
+    mask = subject.brainmask.astype(np.float32)
+    if np.any(sigma > 0):
+        image = ndimage.gaussian_filter(image, sigma)
+        mask = ndimage.gaussian_filter(mask, sigma)
+    mask_g = _sample(mask, coords) >= 0.5
+    image_g = (_sample(image, coords) * mask_g).astype(np.float32)
+    seg_g = None
+    if subject.segmentation is not None:
+        seg_g = (_sample(subject.segmentation.astype(np.float32), coords) > 0.5).astype(np.uint8)
+    return image_g, mask_g, seg_g
+
+
+def grid_slices(
+    subject: Subject, slicing: GridSlicing, percentiles: tuple[float, float]
+) -> list[dict[str, Any]]:
+    """Every slice of `slicing.grid` that holds brain, as `subject_slices` rows (plus the
+    slice's world `z_mm`); `slice_index` is the grid's slice index."""
+    image, mask, seg = resample_to_grid(subject, slicing)
+    if not mask.any():
+        return []
+    z = slicing.grid.z_mm()
+    stats = mask
+    if slicing.norm_z_mm is not None:
+        lo, hi = slicing.norm_z_mm
+        inside = (z >= lo - 1e-3) & (z <= hi + 1e-3)
+        if mask[:, :, inside].sum() >= max(1, 0.01 * mask.sum()):
+            stats = mask & inside[None, None, :]
+    vlo, vhi = np.percentile(image[stats], percentiles).astype(np.float32)
+    if not vhi > vlo:
+        raise BadInputError(subject.image.path, "constant intensity inside the brain mask")
+    norm = np.clip((image - vlo) / (vhi - vlo), 0.0, 1.0).astype(np.float32)
+    norm[~mask] = 0.0
+    geom_json = json.dumps(dict(slicing.to_dict(), kind="axial_grid"), sort_keys=True)
+    out = []
+    for k in np.flatnonzero(mask.any(axis=(0, 1))):
+        img = np.rot90(norm[:, :, k])
+        row = {
+            "image": (img * np.float32(2.0) - np.float32(1.0)).astype(np.float32),
+            "brainmask": np.rot90(mask[:, :, k]).astype(np.uint8),
+            "slice_index": int(k),
+            "z_mm": float(z[k]),
+            "axis": 2,
+            "geometry": geom_json,
+            "lesion_area": 0 if seg is None else int(seg[:, :, k].sum()),
+        }
+        if seg is not None:
+            row["segmentation"] = np.ascontiguousarray(np.rot90(seg[:, :, k]))
+        out.append(row)
+    return out
+
+
+def grid_to_volume(
+    slices: np.ndarray,
+    masks: np.ndarray,
+    indices: list[int] | np.ndarray,
+    grid: AxialGrid,
+    volume: Volume,
+    brainmask: np.ndarray,
+) -> np.ndarray:
+    """Place per-slice maps (n, size, size) of `grid` back into the volume's own voxel grid.
+
+    Each brain voxel gets the trilinear interpolation of the maps at its world position,
+    weighted by the slices' brain masks (so the background does not dilute the brain's
+    edge); voxels outside the brain or away from every mapped brain pixel get 0.
+    """
+    values = np.zeros(grid.shape, np.float32)
+    weights = np.zeros(grid.shape, np.float32)
+    for sl, m, k in zip(np.asarray(slices, np.float32), np.asarray(masks, np.float32),
+                        indices, strict=True):
+        values[:, :, int(k)] = np.rot90(sl * m, -1)
+        weights[:, :, int(k)] = np.rot90(m, -1)
+    idx = np.nonzero(brainmask)
+    vox = np.stack(idx).astype(np.float64)
+    a = np.linalg.inv(grid.affine) @ canonical_affine(volume)
+    coords = a[:3, :3] @ vox + a[:3, 3:4]
+    num, den = _sample(values, coords), _sample(weights, coords)
+    canonical = np.zeros(volume.data.shape, np.float32)
+    canonical[idx] = np.where(den > 1e-6, num / np.maximum(den, 1e-6), 0.0)
+    return np.ascontiguousarray(volume.to_native(canonical))
