@@ -73,10 +73,13 @@ def get_config() -> ml_collections.ConfigDict:
     # cells of this 16x16 one), and the paper's BCE for the mask head.
     c.diffusion.update(
         max_noised_frac=1.0,
-        patch_sizes=(1,),
-        patch_probs=(1.0,),
+        patch_sizes=(1, 2),
+        patch_probs=(0.5, 0.5),
+        brain_threshold=0.25,
         mask_loss="bce",
-        mask_loss_weight=0.01,
+        mask_loss_weight=1.0,
+        noise="latent_swap",
+        swap_prob=0.5,
     )
 
     # Sampling, tuned on the demo's test slices (as the baseline's best variant is): the
@@ -97,7 +100,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.latent_whiten_from_data = True
     c.data.modality = "T1"
     c.data.demo = demo_data()
-    c.data.demo.update(n_val=40, z_mm=(-72.0, 81.0))
+    c.data.demo.update(n_val=80, n_test=80, z_mm=(-72.0, 81.0))
     c.train.validation = "none"
     c.evaluate.select.enabled = True
     c.evaluate.ablations = True

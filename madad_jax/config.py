@@ -81,6 +81,10 @@ def default_config() -> ml_collections.ConfigDict:
             max_noised_frac=0.4,
             brain_threshold=0.9,
             mask_loss="mse",  # mse (reference code) | bce (paper)
+            # The forward process's noise: gaussian (the reference) | latent_swap (for
+            # swap_prob of the samples, real latent content from elsewhere; diffusion.loss).
+            noise="gaussian",
+            swap_prob=0.5,
             mask_loss_weight=0.001,
             # The reference's validation masking (train.validation=reference).
             val_patch_probs=(0.3, 0.3, 0.2, 0.2),
@@ -93,7 +97,7 @@ def default_config() -> ml_collections.ConfigDict:
             ddim_steps=10,
             eta=0.5,
             flag_threshold=0.5,  # a position takes the DDIM update where P(clean) < this
-            map_source="image",  # image | latent | mask
+            map_source="image",  # image | input | latent | mask
             clip=0.25,
             scale=4.0,
             sigma=5.0,
@@ -231,7 +235,7 @@ def default_config() -> ml_collections.ConfigDict:
                     ddim_steps=(2, 5, 10),
                     etas=(0.0, 0.5),
                     sigmas=(1.0, 2.0, 3.0),
-                    map_sources=("image", "latent", "mask"),
+                    map_sources=("image", "input", "latent", "mask"),
                 )
             ),
             # Also score the ablations (evaluation.selection.ABLATIONS) on the test slices,
@@ -265,7 +269,7 @@ SCHEDULES = ("cosine", "constant")
 LR_SCHEDULES = ("per_step", "reference")
 VALIDATIONS = ("batches", "reference", "none")
 RESUME_FROM_DAMAGED = ("stop", "previous")
-MAP_SOURCES = ("image", "latent", "mask")
+MAP_SOURCES = ("image", "input", "latent", "mask")
 EVAL_CHECKPOINTS = ("latest", "best_loss", "best_mse", "best_mask_prediction")
 PREDICT_GEOMETRIES = ("auto", "pad", "brain", "mni_grid")  # evaluation.predict.GEOMETRIES
 PROTOCOLS = ("slice", "volume")
@@ -480,6 +484,8 @@ def _model(c: _Checker, names: dict[str, tuple[str, ...]], training: bool) -> No
     c.number("diffusion.max_noised_frac", 0, 1)
     c.number("diffusion.brain_threshold", 0, 1)
     c.choice("diffusion.mask_loss", MASK_LOSSES)
+    c.choice("diffusion.noise", ("gaussian", "latent_swap"))
+    c.number("diffusion.swap_prob", 0, 1)
     c.number("diffusion.mask_loss_weight", 0)
     c.number("diffusion.val_max_noised_frac", 0, 1)
 

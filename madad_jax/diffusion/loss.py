@@ -46,8 +46,35 @@ def draw(key: jax.Array, z0: jax.Array, brainmask: jax.Array | None,
     k_t, k_m, k_n, k_d = jax.random.split(key, 4)
     t = jax.random.randint(k_t, (b,), 0, dcfg.num_steps)
     clean = sample_clean_mask(k_m, b, (h, w), dcfg, brainmask)
-    noise = jax.random.normal(k_n, z0.shape, z0.dtype)
+    noise = draw_noise(k_n, z0, dcfg)
     return Draws(t, clean, noise), k_d
+
+
+NOISES = ("gaussian", "latent_swap")
+
+
+def draw_noise(key: jax.Array, z0: jax.Array, dcfg) -> jax.Array:
+    """The forward process's noise for a batch of clean latents z0 (B,h,w,C).
+
+    "gaussian" (the reference): N(0, I). "latent_swap": for a fraction `swap_prob` of the
+    samples, the noise is instead real (normalized) latent content from elsewhere: another
+    sample of the batch, shifted by a random offset. At high t a noised patch then holds
+    plausible latent values at the wrong place, so the mask head must judge each position
+    against its anatomy rather than by its noise statistics, as it must on a lesion.
+    """
+    gauss = jax.random.normal(key, z0.shape, z0.dtype)
+    kind = dcfg.get("noise", "gaussian")
+    if kind == "gaussian":
+        return gauss
+    k_b, k_h, k_w, k_p = jax.random.split(jax.random.fold_in(key, 1), 4)
+    if kind != "latent_swap":
+        raise ValueError(f"unknown diffusion.noise {kind!r}; expected one of {NOISES}")
+    b, h, w, _ = z0.shape
+    other = jnp.roll(z0, jax.random.randint(k_b, (), 1, max(b, 2)), axis=0)
+    other = jnp.roll(other, (jax.random.randint(k_h, (), 0, h),
+                             jax.random.randint(k_w, (), 0, w)), axis=(1, 2))
+    swap = jax.random.uniform(k_p, (b, 1, 1, 1)) < float(dcfg.get("swap_prob", 0.5))
+    return jnp.where(swap, other.astype(z0.dtype), gauss)
 
 
 def predict(apply_fn: Callable[..., tuple[jax.Array, jax.Array]], params: Any, z0: jax.Array,

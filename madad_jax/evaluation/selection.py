@@ -12,7 +12,7 @@ with its own free settings chosen on the same val slices:
 - `autoencoder`: |x - D(E(x))|, clipped, scaled and smoothed as the image map is;
 - `unmasked`: the same denoiser and steps with every latent position flagged (threshold
   above 1), i.e. plain latent-diffusion reconstruction; its free settings are steps, eta,
-  sigma and map source (image | latent);
+  sigma and map source (image | input | latent);
 - `reference_sampling`: the reference's rule, P(clean) < 0.5, S = 10, eta 0.5, image map;
   sigma is free;
 - `mask_map`: the mask head's averaged map (map source `mask`); threshold, steps, eta and
@@ -91,7 +91,8 @@ class Sampler:
         r = self.raw(s.ddim_steps, s.flag_threshold, s.eta)
         scfg = _map_settings(self.config.sample, s.sigma)
         return _to_np(anomaly.anomaly_map(s.map_source, scfg, r["sample"], r["reconstruction"],
-                                          r["latent"], r["encoded"], r["mean_anomalous"]))
+                                          r["latent"], r["encoded"], r["mean_anomalous"],
+                                          jnp.asarray(self.images)))
 
     def autoencoder_maps(self, sigma: float) -> np.ndarray:
         """|x - D(E(x))| through the image map's clip, scale and smoothing."""
@@ -138,7 +139,7 @@ def ablation_grids(select, chosen: Setting) -> dict[str, list[Setting]]:
     etas = [float(e) for e in select.etas]
     return {
         "unmasked": [Setting(n, FLAG_ALL, e, m, s) for n, e, m, s in itertools.product(
-            steps, etas, ("image", "latent"), sigmas)],
+            steps, etas, ("image", "input", "latent"), sigmas)],
         "reference_sampling": [Setting(10, 0.5, 0.5, "image", s) for s in sigmas],
         "mask_map": [Setting(n, float(t), e, "mask", s) for n, t, e, s in itertools.product(
             steps, select.flag_thresholds, etas, sigmas)],

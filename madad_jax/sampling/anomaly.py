@@ -10,6 +10,9 @@ their value.
 Map sources (`config.sample.map_source`):
 - "image" (the reference): `|decode(z_S) - decode(z_in)|`, max over image channels,
   clipped to `sample.clip`, times `sample.scale`, smoothed with sigma `sample.sigma`.
+- "input": `|decode(z_S) - x|`, the healthy counterpart against the input itself (so the
+  autoencoder's own reconstruction error is part of the map), clipped, scaled and smoothed
+  as "image".
 - "latent": the mean over latent channels of `|z_S - z_in|`, clipped to `sample.latent_clip`
   and divided by it (so it lies in [0, 1]), upsampled bilinearly (half-pixel centres) to the
   image size, then smoothed with the same Gaussian.
@@ -29,7 +32,7 @@ from madad_jax.diffusion.sampler import ddim_step, ddim_tables
 from madad_jax.models.adapters import denoiser_fn
 from madad_jax.sampling.smoothing import gaussian_filter_2d
 
-MAP_SOURCES = ("image", "latent", "mask")
+MAP_SOURCES = ("image", "input", "latent", "mask")
 
 
 def _upsample(x: jax.Array, size: tuple[int, int]) -> jax.Array:
@@ -45,11 +48,16 @@ def anomaly_map(
     z_out: jax.Array,
     z_in: jax.Array,
     mean_anomalous: jax.Array,
+    images: jax.Array | None = None,
 ) -> jax.Array:
-    """The (B,H,W) anomaly map of one of `MAP_SOURCES` (see the module docstring)."""
+    """The (B,H,W) anomaly map of one of `MAP_SOURCES` (see the module docstring);
+    `images` (the inputs) only for "input"."""
     size = x_hat.shape[1:3]
-    if source == "image":
-        diff = jnp.abs(x_hat - x_rec).max(axis=-1)
+    if source in ("image", "input"):
+        ref = x_rec if source == "image" else images
+        if ref is None:
+            raise ValueError("map_source 'input' needs the input images")
+        diff = jnp.abs(x_hat - ref.astype(x_hat.dtype)).max(axis=-1)
         amap = jnp.clip(diff, 0.0, scfg.clip) * scfg.scale
     elif source == "latent":
         lc = float(scfg.latent_clip)
@@ -139,7 +147,7 @@ def make_infer_fn(vae, denoiser, config, trajectory: bool = False) -> Callable[.
         res = run(params, images, key, thr, eta)
         res["anomaly_map"] = anomaly_map(
             scfg.map_source, scfg, res["sample"], res["reconstruction"], res["latent"],
-            res["encoded"], res["mean_anomalous"])
+            res["encoded"], res["mean_anomalous"], images)
         return res
 
     return infer
