@@ -57,9 +57,9 @@ ROWS = [
     ({"diffusion.num_steps": 0}, "diffusion.num_steps", ">= 1"),
     ({"diffusion.patch_sizes": (3,)}, "diffusion.patch_sizes", "divide the 16x16 latent"),
     ({"diffusion.patch_sizes": (0,)}, "diffusion.patch_sizes", ">= 1"),
-    ({"diffusion.patch_probs": (0.5,)}, "diffusion.patch_probs", "sum to 1"),
-    ({"diffusion.patch_probs": (0.5, 0.5)}, "diffusion.patch_probs",
-     "one probability per diffusion.patch_sizes entry (1)"),
+    ({"diffusion.patch_probs": (0.5, 0.4)}, "diffusion.patch_probs", "sum to 1"),
+    ({"diffusion.patch_probs": (0.5,)}, "diffusion.patch_probs",
+     "one probability per diffusion.patch_sizes entry (2)"),
     ({"diffusion.patch_sizes": (1, 2), "diffusion.patch_probs": (-0.5, 1.5)},
      "diffusion.patch_probs", "non-negative"),
     ({"diffusion.max_noised_frac": 1.5}, "diffusion.max_noised_frac", "[0, 1]"),
@@ -67,15 +67,16 @@ ROWS = [
     ({"diffusion.mask_loss": "l1"}, "diffusion.mask_loss", "mse | bce"),
     ({"diffusion.mask_loss_weight": -1.0}, "diffusion.mask_loss_weight", ">= 0"),
     ({"diffusion.val_max_noised_frac": 2.0}, "diffusion.val_max_noised_frac", "[0, 1]"),
-    ({"train.validation": "reference"}, "diffusion.val_patch_probs",
-     "one probability per diffusion.patch_sizes entry (1)"),
-    ({"train.validation": "reference", "diffusion.val_patch_probs": (0.9,)},
+    ({"train.validation": "reference", "diffusion.val_patch_probs": (1.0,)},
+     "diffusion.val_patch_probs", "one probability per diffusion.patch_sizes entry (2)"),
+    ({"train.validation": "reference", "diffusion.val_patch_probs": (0.9, 0.05)},
      "diffusion.val_patch_probs", "sum to 1"),
     ({"sample.ddim_steps": 0}, "sample.ddim_steps", "[1, 10]"),
     ({"sample.ddim_steps": 11}, "sample.ddim_steps", "[1, 10]"),
     ({"sample.eta": -1.0}, "sample.eta", ">= 0"),
     ({"sample.flag_threshold": 1.5}, "sample.flag_threshold", "[0, 1]"),
-    ({"sample.map_source": "pixels"}, "sample.map_source", "image | latent | mask"),
+    ({"sample.map_source": "pixels"}, "sample.map_source",
+     "image | input | latent | mask"),
     ({"sample.clip": 0.0}, "sample.clip", "> 0"),
     ({"sample.scale": 0.0}, "sample.scale", "> 0"),
     ({"sample.sigma": -1.0}, "sample.sigma", ">= 0"),
@@ -103,7 +104,7 @@ ROWS = [
      "whole number of epochs"),
     ({"train.lr_schedule": "reference", "train.num_epochs": 3.0,
       "train.warmup_epochs": 0.5}, "train.warmup_epochs", "whole number of epochs"),
-    ({"train.validation": "none"}, "train.validation", "batches | reference"),
+    ({"train.validation": "all"}, "train.validation", "batches | reference"),
     ({"train.resume_from_damaged": "newest"}, "train.resume_from_damaged", "stop | previous"),
     ({"train.val_every_epochs": 0}, "train.val_every_epochs", ">= 1"),
     ({"train.ema_decay": 1.0}, "train.ema_decay", "[0, 1)"),
@@ -145,6 +146,16 @@ ROWS = [
     ({"distributed.num_processes": -1}, "distributed.num_processes", ">= 0"),
     ({"distributed.process_id": -2}, "distributed.process_id", ">= -1"),
     ({"data.cache_latents": False}, "latent_whiten_from_data", "set data.cache_latents=True"),
+    ({"diffusion.noise": "uniform"}, "diffusion.noise", "gaussian | latent_swap"),
+    ({"diffusion.swap_prob": 1.5}, "diffusion.swap_prob", "[0, 1]"),
+    ({"evaluate.select.flag_thresholds": ()}, "evaluate.select.flag_thresholds", "non-empty"),
+    ({"evaluate.select.flag_thresholds": (0.5, 1.2)}, "evaluate.select.flag_thresholds",
+     "valid values"),
+    ({"evaluate.select.ddim_steps": (2, 11)}, "evaluate.select.ddim_steps", "valid values"),
+    ({"evaluate.select.etas": (-0.5,)}, "evaluate.select.etas", "valid values"),
+    ({"evaluate.select.sigmas": (-1.0,)}, "evaluate.select.sigmas", "valid values"),
+    ({"evaluate.select.map_sources": ("pixels",)}, "evaluate.select.map_sources",
+     "valid values"),
 ]
 
 
@@ -184,6 +195,7 @@ def test_each_rule(overrides, key, rule):
 
 def test_batch_sizes_against_the_mesh():
     c = demo_config()  # train.batch_size 16, vae_train.batch_size 16
+    _set(c, {"vae_train.enabled": True})  # the shipped autoencoder is not trained
     validate(c, devices=8, paths=False)
     _set(c, {"train.batch_size": 12})
     with pytest.raises(ConfigError, match=r"config.train.batch_size=12: must be divisible by "
@@ -197,6 +209,8 @@ def test_batch_sizes_against_the_mesh():
     validate(c, devices=8, paths=False)
     # A loaded autoencoder is not trained: its batch size does not matter either.
     _set(c, {"mode": "train", "train.batch_size": 16, "vae_train.checkpoint": "x"})
+    validate(c, devices=8, paths=False)
+    _set(c, {"vae_train.checkpoint": "", "vae_train.enabled": False})
     validate(c, devices=8, paths=False)
 
 
@@ -227,6 +241,8 @@ def _paths_rows(tmp: Path) -> list[tuple[dict, str, str]]:
         ({**train, "data.train_path": str(adir), "data.val_path": missing}, "data.val_path",
          "no such shard set"),
         ({**train, "vae_train.checkpoint": missing}, "vae_train.checkpoint",
+         "no such checkpoint"),
+        ({"mode": "train", "vae_train.pretrained": missing}, "vae_train.pretrained",
          "no such checkpoint"),
         ({"mode": "train", "data.latent_cache": missing}, "data.latent_cache",
          "no such latent cache"),

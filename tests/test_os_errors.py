@@ -77,9 +77,10 @@ def _main(tmp_path: Path, inject: str, *args: str) -> subprocess.CompletedProces
 
 
 def _one_line(r: subprocess.CompletedProcess) -> str:
-    # The inference's progress bar (tqdm) may come first; nothing else may.
+    # The inference's progress bar (tqdm) and predict's out-of-distribution warnings may
+    # come first; nothing else may.
     lines = [ln for ln in r.stderr.splitlines()
-             if ln.strip() and not re.search(r"\d+%\|", ln)]
+             if ln.strip() and not re.search(r"\d+%\|", ln) and not ln.startswith("warning: ")]
     assert r.returncode != 0, r.stderr[-3000:]
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr[-3000:]
     assert "Traceback" not in r.stderr
