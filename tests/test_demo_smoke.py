@@ -114,3 +114,40 @@ def test_demo_command_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _steps(workdir / "checkpoints")[-1] == 4
     assert checkpoint.load_arch(str(workdir / "checkpoints"))["latent_whitening"] == white
+
+
+def test_demo_path_with_the_shipped_autoencoder(tmp_path):
+    """The README's command as it is (64 px, the shipped VAE, the whole brain), shrunk to a
+    few subjects, a tiny denoiser and a small select grid: nothing trains the autoencoder."""
+    workdir = tmp_path / "demo"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "madad_jax.main", "--config=configs/demo.py",
+         f"--workdir={workdir}", "--config.model.unet.channel_mult=(1,)",
+         "--config.model.unet.attention_resolutions=()", "--config.train.num_steps=2",
+         "--config.train.batch_size=4", "--config.train.warmup_steps=1",
+         "--config.train.checkpoint_every_steps=2", "--config.data.demo.n_train=1",
+         "--config.data.demo.n_val=2", "--config.data.demo.n_test=2",
+         "--config.evaluate.select.ddim_steps=(1,)", "--config.evaluate.select.sigmas=(2.0,)",
+         "--config.evaluate.select.flag_thresholds=(0.5,)", "--config.evaluate.ablations=False"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (workdir / "vae_checkpoints").exists()
+    from madad_jax.core import checkpoint
+
+    # The run's checkpoint holds the shipped autoencoder's parameters, unchanged.
+    shipped, _ = checkpoint.load_params(_demo_config().vae_train.pretrained)
+    params, arch = checkpoint.load_params(str(workdir / "checkpoints"))
+    assert arch["image_size"] == 64
+    for a, b in zip(jax_leaves(params["vae"]), jax_leaves(shipped["vae"]), strict=True):
+        np.testing.assert_array_equal(a, b)
+    res = json.loads((workdir / "evaluate" / "metrics.json").read_text())
+    assert res["n_slices"] == 2 and res["image_size"] == 64 and res["selected_on"] == "val"
+    assert "ablations" not in res
+
+
+def jax_leaves(tree) -> list[np.ndarray]:
+    import jax
+
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]

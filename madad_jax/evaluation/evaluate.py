@@ -128,7 +128,7 @@ def _lesioned_val(config, required: bool) -> dict[str, Any] | None:
 def _ablations(config, models, params, images, segs, val, val_sampler,
                chosen) -> dict[str, Any]:
     """`selection.ABLATIONS` on the test slices; settings chosen on `val` when given."""
-    test_sampler = selection.Sampler(config, models, params, images)
+    test_sampler = selection.Sampler(config, models, params, images, share=val_sampler)
     s = config.sample
     fixed = selection.Setting(int(s.ddim_steps), float(s.flag_threshold), float(s.eta),
                               str(s.map_source), float(s.sigma))

@@ -1,11 +1,12 @@
 """Choosing the sampling settings on a lesioned validation split, and the ablations.
 
-`choose` scores every combination of `evaluate.select`'s grids (flag threshold, DDIM steps,
+`best` scores every combination of `evaluate.select`'s grids (flag threshold, DDIM steps,
 eta, smoothing sigma, map source) on the val slices by max Dice and returns the best; the
 test split is then scored once with it. One compiled sampler serves each number of steps
-(`anomaly.make_sweep_fn`: threshold and eta are inputs), and every map source and sigma is
-computed from the same sampler outputs, so a grid of a few hundred settings costs a few
-dozen sampler passes over the val slices.
+(`anomaly.make_sweep_fn`: threshold and eta are inputs), the encode and the reconstruction
+are shared by every setting, and every map source and sigma is computed from the same
+sampler outputs, so a grid of a few hundred settings costs a few dozen sampler passes over
+the val slices.
 
 The ablations (`ABLATIONS`), scored on the same test slices with the same protocol, each
 with its own free settings chosen on the same val slices:
@@ -23,13 +24,13 @@ Ties are broken toward the earlier grid entry (the order of the config's tuples)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import types
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from madad_jax.evaluation import metrics
@@ -38,7 +39,7 @@ from madad_jax.sampling.loading import Models
 
 ABLATIONS = ("autoencoder", "unmasked", "reference_sampling", "mask_map")
 FLAG_ALL = 2.0  # a flag threshold above any P(clean): every position takes the update
-RAW_KEYS = ("sample", "reconstruction", "latent", "encoded", "mean_anomalous")
+RAW_KEYS = ("sample", "latent", "encoded", "mean_anomalous")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,15 +60,36 @@ class Setting:
 
 
 class Sampler:
-    """Sampler outputs of one checkpoint on one set of images, memoized per (S, thr, eta)."""
+    """Sampler outputs of one checkpoint on one set of images, memoized per (S, thr, eta).
 
-    def __init__(self, config, models: Models, params: Any, images: np.ndarray):
+    The images are encoded and reconstructed once; each (S, thr, eta) then costs S denoiser
+    calls and one decode. `share` (another Sampler of the same config and models) lends its
+    compiled programs, so the test split does not compile what the val split did.
+    """
+
+    def __init__(self, config, models: Models, params: Any, images: np.ndarray,
+                 share: Sampler | None = None):
         self.config, self.models, self.params = config, models, params
         self.images = np.asarray(images, np.float32)
         self.batch = int(config.evaluate.batch_size or config.sample.batch_size)
-        self._fns: dict[int, Any] = {}
+        self._fns: dict[Any, Any] = share._fns if share is not None else {}
         self._raw: dict[tuple[int, float, float], dict[str, np.ndarray]] = {}
+        self._enc: dict[str, np.ndarray] | None = None
         self.key = jax.random.key(int(config.sample.seed))
+
+    def _batches(self, fn, inputs: np.ndarray, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        bs = max(1, min(self.batch, len(inputs)))
+        return inferencer.run_batches(fn, self.params, inputs, bs, self.key, keys=tuple(keys))
+
+    def encoded(self) -> dict[str, np.ndarray]:
+        """The normalized latents of the images and their decodes, D(E(x))."""
+        if self._enc is None:
+            if "encode" not in self._fns:
+                self._fns["encode"] = anomaly.make_encode_fn(self.models.vae, self.config)
+            enc = self._fns["encode"]
+            self._enc = self._batches(lambda p, x, key: enc(p, x), self.images,
+                                      ("encoded", "reconstruction"))
+        return self._enc
 
     def raw(self, steps: int, thr: float, eta: float) -> dict[str, np.ndarray]:
         k = (int(steps), float(thr), float(eta))
@@ -77,36 +99,48 @@ class Sampler:
                                                         self.config, k[0])
             fn = self._fns[k[0]]
 
-            def infer(params, x, key, fn=fn, thr=k[1], eta=k[2]):
-                return fn(params, x, key, thr, eta)
+            def infer(params, z, key, fn=fn, thr=k[1], eta=k[2]):
+                return fn(params, z, key, thr, eta)
 
-            bs = max(1, min(self.batch, len(self.images)))
-            self._raw[k] = inferencer.run_batches(infer, self.params, self.images, bs, self.key,
-                                                  keys=RAW_KEYS)
+            enc = self.encoded()
+            out = self._batches(infer, enc["encoded"], RAW_KEYS)
+            self._raw[k] = dict(out, reconstruction=enc["reconstruction"])
         return self._raw[k]
 
     def maps(self, s: Setting) -> np.ndarray:
         """(N,H,W) float32 maps of setting `s` (equal to the evaluate path's, up to float
-        rounding: the same functions, run outside one jit)."""
+        rounding: the same functions, jitted apart from the sampler)."""
         r = self.raw(s.ddim_steps, s.flag_threshold, s.eta)
-        scfg = _map_settings(self.config.sample, s.sigma)
-        return _to_np(anomaly.anomaly_map(s.map_source, scfg, r["sample"], r["reconstruction"],
-                                          r["latent"], r["encoded"], r["mean_anomalous"],
-                                          jnp.asarray(self.images)))
+        fn = _map_fn(s.map_source, *_map_settings(self.config.sample, s.sigma))
+        return _to_np(fn(r["sample"], r["reconstruction"], r["latent"], r["encoded"],
+                         r["mean_anomalous"], self.images))
 
     def autoencoder_maps(self, sigma: float) -> np.ndarray:
         """|x - D(E(x))| through the image map's clip, scale and smoothing."""
-        # D(E(x)) does not depend on the sampler's settings: any pass gives it.
-        r = next(iter(self._raw.values())) if self._raw else self.raw(1, 0.0, 0.0)
-        scfg = _map_settings(self.config.sample, sigma)
-        x = jnp.asarray(self.images)
-        return _to_np(anomaly.anomaly_map("image", scfg, x, r["reconstruction"], r["latent"],
-                                          r["encoded"], r["mean_anomalous"]))
+        enc = self.encoded()
+        z, rec = enc["encoded"], enc["reconstruction"]
+        fn = _map_fn("image", *_map_settings(self.config.sample, sigma))
+        return _to_np(fn(self.images, rec, z, z, np.zeros(z.shape[:3], np.float32),
+                         self.images))
 
 
-def _map_settings(sample_cfg, sigma: float) -> types.SimpleNamespace:
-    return types.SimpleNamespace(clip=float(sample_cfg.clip), scale=float(sample_cfg.scale),
-                                 latent_clip=float(sample_cfg.latent_clip), sigma=float(sigma))
+@functools.lru_cache(maxsize=64)
+def _map_fn(source: str, clip: float, scale: float, latent_clip: float, sigma: float):
+    """`anomaly.anomaly_map` of one source and smoothing, jitted (a sweep calls it hundreds
+    of times; op by op it would cost more than the sampler)."""
+    scfg = types.SimpleNamespace(clip=clip, scale=scale, latent_clip=latent_clip, sigma=sigma)
+
+    @jax.jit
+    def fn(sample, reconstruction, latent, encoded, mean_anomalous, images):
+        return anomaly.anomaly_map(source, scfg, sample, reconstruction, latent, encoded,
+                                   mean_anomalous, images)
+
+    return fn
+
+
+def _map_settings(sample_cfg, sigma: float) -> tuple[float, float, float, float]:
+    return (float(sample_cfg.clip), float(sample_cfg.scale), float(sample_cfg.latent_clip),
+            float(sigma))
 
 
 def _to_np(x) -> np.ndarray:

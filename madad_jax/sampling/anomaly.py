@@ -74,19 +74,41 @@ def _sampler(vae, denoiser, config, n: int, trajectory: bool = False) -> Callabl
     """`run(params, images, key, thr, eta) -> dict`, un-jitted: encode, n mask-guided DDIM
     steps in a `lax.scan`, both decodes; no map. `thr` and `eta` are Python floats (baked into
     the program, as the reference computes) or traced scalars (one program for a sweep)."""
-    tables = ddim_tables(config.diffusion.num_steps, n)
-    norm = LatentNorm.from_config(config)
-    apply_den = denoiser_fn(denoiser)
-
-    def encode(p, x):
-        return vae.apply({"params": p}, x, method=vae.encode)[0]
-
-    def decode(p, z):
-        return vae.apply({"params": p}, z, method=vae.decode)
+    encode, decode = _codec(vae, config)
+    denoise = _denoise(vae, denoiser, config, n, trajectory)
 
     def run(params, images, key, thr, eta):
-        z_in = norm.to_model(encode(params["vae"], images.astype(jnp.float32)))
+        z_in = encode(params, images)
+        res = denoise(params, z_in, key, thr, eta)
+        res["reconstruction"] = decode(params, z_in)
+        return res
 
+    return run
+
+
+def _codec(vae, config) -> tuple[Callable[..., jax.Array], Callable[..., jax.Array]]:
+    """`encode(params, images) -> z` (normalized posterior mean) and `decode(params, z)`."""
+    norm = LatentNorm.from_config(config)
+
+    def encode(params, images):
+        z = vae.apply({"params": params["vae"]}, images.astype(jnp.float32), method=vae.encode)
+        return norm.to_model(z[0])
+
+    def decode(params, z):
+        return vae.apply({"params": params["vae"]}, norm.from_model(z), method=vae.decode)
+
+    return encode, decode
+
+
+def _denoise(vae, denoiser, config, n: int, trajectory: bool = False) -> Callable[..., dict]:
+    """`run(params, z_in, key, thr, eta) -> dict`: n mask-guided DDIM steps from the normalized
+    latent `z_in`, and the decode of the result (`sample`); everything of `_sampler` but the
+    encode and the reconstruction."""
+    tables = ddim_tables(config.diffusion.num_steps, n)
+    apply_den = denoiser_fn(denoiser)
+    _, decode = _codec(vae, config)
+
+    def run(params, z_in, key, thr, eta):
         def body(carry, xs):
             z, anomalous = carry
             i, k = xs
@@ -104,8 +126,7 @@ def _sampler(vae, denoiser, config, n: int, trajectory: bool = False) -> Callabl
         (z_out, anomalous), ys = jax.lax.scan(body, init, (steps, keys))
         flagged = ys[2] if trajectory else ys
         res = dict(
-            sample=decode(params["vae"], norm.from_model(z_out)),
-            reconstruction=decode(params["vae"], norm.from_model(z_in)),
+            sample=decode(params, z_out),
             latent=z_out,
             encoded=z_in,
             mean_anomalous=anomalous / n,
@@ -154,15 +175,29 @@ def make_infer_fn(vae, denoiser, config, trajectory: bool = False) -> Callable[.
 
 
 def make_sweep_fn(vae, denoiser, config, ddim_steps: int) -> Callable[..., dict]:
-    """Jitted `sweep(params, images, key, flag_threshold, eta) -> dict` with `ddim_steps`
-    steps: the outputs of `make_infer_fn` but the map, for any threshold and eta without a
-    new compile (a threshold above 1 flags every position). The maps of any source and
-    smoothing follow from them with `anomaly_map`."""
-    run = _sampler(vae, denoiser, config, int(ddim_steps))
+    """Jitted `sweep(params, z_in, key, flag_threshold, eta) -> dict` with `ddim_steps` steps
+    from the normalized latents `z_in` of `make_encode_fn`: the outputs of `make_infer_fn`
+    but the map and the reconstruction, for any threshold and eta without a new compile (a
+    threshold above 1 flags every position). The maps of any source and smoothing follow
+    from them with `anomaly_map`."""
+    run = _denoise(vae, denoiser, config, int(ddim_steps))
 
     @jax.jit
-    def sweep(params, images, key, flag_threshold, eta):
-        return run(params, images, key, jnp.asarray(flag_threshold, jnp.float32),
+    def sweep(params, z_in, key, flag_threshold, eta):
+        return run(params, z_in, key, jnp.asarray(flag_threshold, jnp.float32),
                    jnp.asarray(eta, jnp.float32))
 
     return sweep
+
+
+def make_encode_fn(vae, config) -> Callable[..., dict]:
+    """Jitted `encode(params, images) -> {"encoded", "reconstruction"}`: what a sweep shares
+    across its settings (the normalized latent and its decode, D(E(x)))."""
+    encode, decode = _codec(vae, config)
+
+    @jax.jit
+    def fn(params, images):
+        z = encode(params, images)
+        return dict(encoded=z, reconstruction=decode(params, z))
+
+    return fn
