@@ -4,7 +4,6 @@ the inference fixture); the demo's `latent_swap` noise and the "input" map sourc
 
 from __future__ import annotations
 
-import json
 import types
 
 import jax
@@ -12,15 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from madad_jax.config import default_config
 from madad_jax.core import checkpoint
 from madad_jax.diffusion import loss
 from madad_jax.evaluation import metrics, selection
 from madad_jax.evaluation.selection import FLAG_ALL, Setting
-from madad_jax.interop import import_reference
-from madad_jax.models import build_denoiser, build_vae
-from madad_jax.sampling import anomaly
-from madad_jax.sampling.loading import Models
+from madad_jax.sampling import anomaly, loading
 
 SELECT = types.SimpleNamespace(ddim_steps=(2, 5), flag_thresholds=(0.5, 0.9), etas=(0.0, 0.5),
                                sigmas=(1.0, 2.0), map_sources=("image", "mask"))
@@ -70,21 +65,12 @@ def test_ablation_candidates():
 
 
 @pytest.fixture(scope="module")
-def ref(case_dir):
-    case = json.loads((case_dir / "case.json").read_text())
-    arch = import_reference.arch_from_reference(case)
-    cfg = default_config()
-    checkpoint.apply_arch(cfg, arch)
-    cfg.sample.sigma = 2.0
-    params = {
-        "vae": import_reference.convert_vae(
-            import_reference.load_state_dict(str(case_dir / "vae.safetensors")), arch["vae"]),
-        "denoiser": import_reference.convert_unet(
-            import_reference.load_state_dict(str(case_dir / "unet.safetensors")),
-            arch["model"]["unet"]),
-    }
+def ref(fixture_ckpt, case_dir):
+    """The inference fixture's reference weights (imported as a checkpoint) and 4 images."""
+    cfg, models, params = loading.load(fixture_ckpt)
+    with cfg.unlocked():
+        cfg.sample.sigma = 2.0
     images = np.moveaxis(np.load(case_dir / "pipeline.npz")["image"][:4], 1, -1)  # NCHW
-    models = Models(vae=build_vae(cfg), denoiser=build_denoiser(cfg))
     return cfg, models, params, images.astype(np.float32)
 
 
@@ -182,12 +168,10 @@ def test_baseline_variant_is_chosen_on_the_val_slices():
     assert val["max_dice"] < on_test["max_dice"] - 0.5  # the val choice is scored honestly
 
 
-def test_weights_tool_copies_parameters_only(tmp_path, case_dir, capsys):
-    from conftest import import_case
-
+def test_weights_tool_copies_parameters_only(tmp_path, fixture_ckpt, capsys):
     from madad_jax.tools import weights
 
-    src = import_case(case_dir, tmp_path / "full")
+    src = fixture_ckpt
     dst = tmp_path / "vae_only"
     assert weights.main([src, str(dst), "--only", "vae"]) == 0
     assert f"to {dst}" in capsys.readouterr().out

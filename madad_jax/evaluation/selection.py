@@ -39,7 +39,7 @@ from madad_jax.sampling.loading import Models
 
 ABLATIONS = ("autoencoder", "unmasked", "reference_sampling", "mask_map")
 FLAG_ALL = 2.0  # a flag threshold above any P(clean): every position takes the update
-RAW_KEYS = ("sample", "latent", "encoded", "mean_anomalous")
+RAW_KEYS = ("sample", "latent", "mean_anomalous")  # per setting; the rest per image set
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +104,8 @@ class Sampler:
 
             enc = self.encoded()
             out = self._batches(infer, enc["encoded"], RAW_KEYS)
-            self._raw[k] = dict(out, reconstruction=enc["reconstruction"])
+            self._raw[k] = dict(out, encoded=enc["encoded"],
+                                reconstruction=enc["reconstruction"])
         return self._raw[k]
 
     def maps(self, s: Setting) -> np.ndarray:

@@ -75,7 +75,7 @@ def _sampler(vae, denoiser, config, n: int, trajectory: bool = False) -> Callabl
     steps in a `lax.scan`, both decodes; no map. `thr` and `eta` are Python floats (baked into
     the program, as the reference computes) or traced scalars (one program for a sweep)."""
     encode, decode = _codec(vae, config)
-    denoise = _denoise(vae, denoiser, config, n, trajectory)
+    denoise = _denoise(decode, denoiser, config, n, trajectory)
 
     def run(params, images, key, thr, eta):
         z_in = encode(params, images)
@@ -100,13 +100,13 @@ def _codec(vae, config) -> tuple[Callable[..., jax.Array], Callable[..., jax.Arr
     return encode, decode
 
 
-def _denoise(vae, denoiser, config, n: int, trajectory: bool = False) -> Callable[..., dict]:
+def _denoise(decode: Callable[..., jax.Array], denoiser, config, n: int,
+             trajectory: bool = False) -> Callable[..., dict]:
     """`run(params, z_in, key, thr, eta) -> dict`: n mask-guided DDIM steps from the normalized
-    latent `z_in`, and the decode of the result (`sample`); everything of `_sampler` but the
-    encode and the reconstruction."""
+    latent `z_in`, and `decode` (of `_codec`) of the result (`sample`); everything of
+    `_sampler` but the encode and the reconstruction."""
     tables = ddim_tables(config.diffusion.num_steps, n)
     apply_den = denoiser_fn(denoiser)
-    _, decode = _codec(vae, config)
 
     def run(params, z_in, key, thr, eta):
         def body(carry, xs):
@@ -180,7 +180,7 @@ def make_sweep_fn(vae, denoiser, config, ddim_steps: int) -> Callable[..., dict]
     but the map and the reconstruction, for any threshold and eta without a new compile (a
     threshold above 1 flags every position). The maps of any source and smoothing follow
     from them with `anomaly_map`."""
-    run = _denoise(vae, denoiser, config, int(ddim_steps))
+    run = _denoise(_codec(vae, config)[1], denoiser, config, int(ddim_steps))
 
     @jax.jit
     def sweep(params, z_in, key, flag_threshold, eta):
