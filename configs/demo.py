@@ -12,7 +12,7 @@ whitens the latents with the cache's statistics (`diffusion.latent_norm`), and t
 UNet denoiser with its mask head. It then chooses the sampling settings on the val split
 (`evaluate.select`), scores the test split once with the reference's protocol, and scores
 the intensity baseline and the four ablations (`evaluate.ablations`) on the same test
-slices. About 9 minutes on a 2-core CPU (README: the measured time and the CPU).
+slices. About 7.5 minutes on a 2-core AMD EPYC Zen 3, 90 x `machine_speed.py` (README).
 """
 
 
