@@ -278,6 +278,11 @@ def run(config, workdir: str) -> dict[str, Any]:
             result["selection"] = dict(
                 chosen=dataclasses.asdict(chosen), val_max_dice=val_score,
                 n_val_slices=len(val["names"]), grid=e.select.to_dict(), candidates=table)
+        if val_sampler is not None:
+            from madad_jax.evaluation import mask_head
+
+            result["mask_head"] = dict(val=mask_head.lesion_cell_auroc(
+                val_sampler, val, int(s.ddim_steps), float(s.flag_threshold), float(s.eta)))
         if e.ablations:
             result["ablations"] = _ablations(config, models, restored.params, images, segs,
                                              val, val_sampler, chosen)

@@ -174,13 +174,15 @@ def make_infer_fn(vae, denoiser, config, trajectory: bool = False) -> Callable[.
     return infer
 
 
-def make_sweep_fn(vae, denoiser, config, ddim_steps: int) -> Callable[..., dict]:
+def make_sweep_fn(vae, denoiser, config, ddim_steps: int,
+                  trajectory: bool = False) -> Callable[..., dict]:
     """Jitted `sweep(params, z_in, key, flag_threshold, eta) -> dict` with `ddim_steps` steps
     from the normalized latents `z_in` of `make_encode_fn`: the outputs of `make_infer_fn`
     but the map and the reconstruction, for any threshold and eta without a new compile (a
     threshold above 1 flags every position). The maps of any source and smoothing follow
-    from them with `anomaly_map`."""
-    run = _denoise(_codec(vae, config)[1], denoiser, config, int(ddim_steps))
+    from them with `anomaly_map`. With `trajectory`, also the per-step outputs of
+    `make_infer_fn`'s trajectory (`steps_p_clean`, ...)."""
+    run = _denoise(_codec(vae, config)[1], denoiser, config, int(ddim_steps), trajectory)
 
     @jax.jit
     def sweep(params, z_in, key, flag_threshold, eta):
