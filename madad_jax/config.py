@@ -40,6 +40,8 @@ def demo_data() -> ml_collections.ConfigDict:
             z_mm=(-8.0, 40.0),  # MNI z of the first and last slice
             slice_mm=3.0,
             anatomy=dataclasses.asdict(AnatomySpec()),
+            # AnatomySpec fields that differ for the training subjects only (none: the same).
+            train_anatomy={},
             lesion=dataclasses.asdict(LesionSpec()),
         )
     )
@@ -85,6 +87,10 @@ def default_config() -> ml_collections.ConfigDict:
             # swap_prob of the samples, real latent content from elsewhere; diffusion.loss).
             noise="gaussian",
             swap_prob=0.5,
+            # Of the swapped samples, the fraction whose noised patches take the latent of
+            # the same slice with its tissue contrast changed, at the same place
+            # (data.augment.contrast_changed; needs data.cache_latents), not another slice's.
+            contrast_swap_prob=0.0,
             mask_loss_weight=0.001,
             # The reference's validation masking (train.validation=reference).
             val_patch_probs=(0.3, 0.3, 0.2, 0.2),
@@ -250,7 +256,10 @@ def default_config() -> ml_collections.ConfigDict:
              # How the scan is sliced: auto | pad | brain | mni_grid. auto: mni_grid for a
              # checkpoint trained on the demo's MNI-space grid (resampled by the scan's
              # affine onto it), else the training manifest's fit, else pad.
-             geometry="auto")
+             geometry="auto",
+             # Gaussian sigma (mm) across slices of the maps before they go back into the
+             # volume (0: none); it removes slice-to-slice stripes.
+             z_sigma_mm=0.0)
     )
     return c
 
@@ -486,6 +495,7 @@ def _model(c: _Checker, names: dict[str, tuple[str, ...]], training: bool) -> No
     c.choice("diffusion.mask_loss", MASK_LOSSES)
     c.choice("diffusion.noise", ("gaussian", "latent_swap"))
     c.number("diffusion.swap_prob", 0, 1)
+    c.number("diffusion.contrast_swap_prob", 0, 1)
     c.number("diffusion.mask_loss_weight", 0)
     c.number("diffusion.val_max_noised_frac", 0, 1)
 
@@ -629,6 +639,7 @@ def _evaluation(c: _Checker) -> None:
     c.integer("predict.axis", 0, 2)
     c.integer("predict.num_panels", 0)
     c.choice("predict.geometry", PREDICT_GEOMETRIES)
+    c.number("predict.z_sigma_mm", 0)
     if str(c("distributed.initialize")).lower() not in DISTRIBUTED:
         c.fail("distributed.initialize", "must be auto | on | off")
     c.integer("distributed.num_processes", 0)

@@ -202,3 +202,29 @@ def augment_slice(
     image, mask = run(image, mask, rng, opts)
     image = np.where(mask > 0, image, np.float32(-1.0)).astype(np.float32)
     return image, mask
+
+
+# Tissue-contrast changes of a whole slice (`contrast_changed`): a kind and its range.
+CONTRAST_CHANGES = {"bright": (1.25, 1.6), "dark": (0.35, 0.7), "texture": (0.15, 0.3)}
+
+
+def contrast_changed(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The slice (H,W[,1]) in [-1, 1] with its brain's intensities changed everywhere.
+
+    One of `CONTRAST_CHANGES`, drawn uniformly: the [0, 1] intensity times U(range)
+    (`bright`, `dark`), or times 1 + a * smooth unit noise (`texture`, a ~ U(range)). The
+    same anatomy in a contrast wrong for it: encoded, its latent is what the denoiser learns
+    to flag and restore (`diffusion.contrast_swap_prob`). Outside the brain stays -1.
+    """
+    kind = list(CONTRAST_CHANGES)[int(rng.integers(len(CONTRAST_CHANGES)))]
+    lo, hi = CONTRAST_CHANGES[kind]
+    a = float(rng.uniform(lo, hi))
+    u = (np.asarray(image, np.float64) + 1.0) / 2.0
+    if kind == "texture":
+        noise = ndimage.gaussian_filter(rng.standard_normal(u.shape), 1.5)
+        factor = 1.0 + a * noise / max(float(noise.std()), 1e-8)
+    else:
+        factor = a
+    m = np.reshape(np.asarray(mask) > 0.5, u.shape)
+    out = np.where(m, np.maximum(u * factor, 0.0), 0.0) * 2.0 - 1.0
+    return out.astype(np.float32)

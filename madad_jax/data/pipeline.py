@@ -27,6 +27,8 @@ from madad_jax.data.augment import AugmentOptions, augment_slice
 from madad_jax.data.errors import BadInputError
 
 LATENT_KEYS = ("latent_mean", "latent_logvar")
+# In a cache built for diffusion.contrast_swap_prob: the contrast-changed slice's latent.
+OPTIONAL_LATENT_KEY = "latent_contrast_mean"
 
 
 def open_source(path: str | os.PathLike, split: str = "train"):
@@ -67,6 +69,8 @@ class DecodeTrain(grain.transforms.Map):
                 if k not in r:
                     raise KeyError(f"record {r.get('name')} has no {k}; not a latent cache")
                 out[k] = np.asarray(r[k], np.float32)
+            if OPTIONAL_LATENT_KEY in r:
+                out[OPTIONAL_LATENT_KEY] = np.asarray(r[OPTIONAL_LATENT_KEY], np.float32)
         return out
 
 

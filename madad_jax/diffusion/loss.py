@@ -40,20 +40,21 @@ def mask_loss(clean_logit: jax.Array, clean: jax.Array, kind: str = "mse") -> ja
 
 
 def draw(key: jax.Array, z0: jax.Array, brainmask: jax.Array | None,
-         dcfg) -> tuple[Draws, jax.Array]:
-    """The batch's draws from `key`, and the key left for dropout."""
+         dcfg, alt: jax.Array | None = None) -> tuple[Draws, jax.Array]:
+    """The batch's draws from `key`, and the key left for dropout (`alt`: see
+    `draw_noise`)."""
     b, h, w, _ = z0.shape
     k_t, k_m, k_n, k_d = jax.random.split(key, 4)
     t = jax.random.randint(k_t, (b,), 0, dcfg.num_steps)
     clean = sample_clean_mask(k_m, b, (h, w), dcfg, brainmask)
-    noise = draw_noise(k_n, z0, dcfg)
+    noise = draw_noise(k_n, z0, dcfg, alt)
     return Draws(t, clean, noise), k_d
 
 
 NOISES = ("gaussian", "latent_swap")
 
 
-def draw_noise(key: jax.Array, z0: jax.Array, dcfg) -> jax.Array:
+def draw_noise(key: jax.Array, z0: jax.Array, dcfg, alt: jax.Array | None = None) -> jax.Array:
     """The forward process's noise for a batch of clean latents z0 (B,h,w,C).
 
     "gaussian" (the reference): N(0, I). "latent_swap": for a fraction `swap_prob` of the
@@ -61,6 +62,9 @@ def draw_noise(key: jax.Array, z0: jax.Array, dcfg) -> jax.Array:
     sample of the batch, shifted by a random offset. At high t a noised patch then holds
     plausible latent values at the wrong place, so the mask head must judge each position
     against its anatomy rather than by its noise statistics, as it must on a lesion.
+    With `alt` (B,h,w,C), the normalized latents of the same slices with their tissue
+    contrast changed, a fraction `contrast_swap_prob` of the swapped samples take `alt` at
+    the very same positions instead: the right anatomy in the wrong intensity.
     """
     gauss = jax.random.normal(key, z0.shape, z0.dtype)
     kind = dcfg.get("noise", "gaussian")
@@ -73,7 +77,13 @@ def draw_noise(key: jax.Array, z0: jax.Array, dcfg) -> jax.Array:
     other = jnp.roll(z0, jax.random.randint(k_b, (), 1, max(b, 2)), axis=0)
     other = jnp.roll(other, (jax.random.randint(k_h, (), 0, h),
                              jax.random.randint(k_w, (), 0, w)), axis=(1, 2))
-    swap = jax.random.uniform(k_p, (b, 1, 1, 1)) < float(dcfg.get("swap_prob", 0.5))
+    u = jax.random.uniform(k_p, (b, 1, 1, 1))
+    swap_p = float(dcfg.get("swap_prob", 0.5))
+    swap = u < swap_p
+    contrast_p = float(dcfg.get("contrast_swap_prob", 0.0))
+    if alt is not None and contrast_p > 0:
+        # u < swap_p * contrast_p: the contrast-changed latent; then another slice's.
+        other = jnp.where(u < swap_p * contrast_p, alt.astype(other.dtype), other)
     return jnp.where(swap, other.astype(z0.dtype), gauss)
 
 
@@ -145,11 +155,12 @@ def loss_fn(
     config,
     train: bool = True,
     weight: jax.Array | None = None,
+    alt: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The joint loss on one batch of clean latents z0 (B,h,w,C): `draw`, then `compute_loss`.
 
     `apply_fn(params, z_t, t, train, rngs)` returns `(x0_hat, clean_logit)`; `weight` (B,)
     marks the real samples of a padded batch.
     """
-    draws, k_d = draw(key, z0, brainmask, config.diffusion)
+    draws, k_d = draw(key, z0, brainmask, config.diffusion, alt)
     return compute_loss(apply_fn, params, z0, draws, config, train, k_d, weight)

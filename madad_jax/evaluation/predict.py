@@ -154,16 +154,47 @@ def slice_subject(
     return rows
 
 
+def smooth_across_slices(maps: np.ndarray, masks: np.ndarray, indices: list[int],
+                         sigma: float) -> np.ndarray:
+    """Gaussian smoothing (sigma in slices) of the (n,H,W) maps along the slice axis, over
+    brain pixels only: each slice is mapped on its own, so a volume shows stripes across
+    slices; this averages neighbours. Rows are placed by `indices` (gaps stay empty)."""
+    from scipy import ndimage as ndi
+
+    idx = np.asarray(indices) - min(indices)
+    vol = np.zeros((int(idx.max()) + 1, *maps.shape[1:]), np.float64)
+    wts = np.zeros_like(vol)
+    vol[idx], wts[idx] = maps * masks, masks
+    num = ndi.gaussian_filter1d(vol, sigma, axis=0, mode="constant")
+    den = ndi.gaussian_filter1d(wts, sigma, axis=0, mode="constant")
+    return (np.where(masks > 0, num[idx] / np.maximum(den[idx], 1e-6), 0.0)).astype(np.float32)
+
+
+def slice_sigma(z_sigma_mm: float, subject: nifti.Subject, axis: int,
+                slicing: preprocess.GridSlicing | None) -> float:
+    """`predict.z_sigma_mm` in slices of the geometry used."""
+    if z_sigma_mm <= 0:
+        return 0.0
+    if slicing is not None:
+        step = float(slicing.grid.step_mm)
+    else:
+        step = float(preprocess.voxel_sizes(preprocess.canonical_affine(subject.image))[axis])
+    return float(z_sigma_mm) / max(step, 1e-6)
+
+
 def predict_rows(
     subject: nifti.Subject, rows: list[dict[str, Any]], maps_fn: MapsFn,
-    slicing: preprocess.GridSlicing | None = None,
+    slicing: preprocess.GridSlicing | None = None, across_slices: float = 0.0,
 ) -> Prediction:
     """Run `maps_fn` on the rows' (n,S,S,1) images and map the result back to the input
-    grid (through `slicing`'s grid when the rows were cut on it)."""
+    grid (through `slicing`'s grid when the rows were cut on it); `across_slices`: see
+    `smooth_across_slices`."""
     images = np.stack([r["image"] for r in rows])[..., None]
     out = maps_fn(images)
     masks = np.stack([r["brainmask"] for r in rows]).astype(np.float32)
     maps = np.asarray(out["anomaly_map"], np.float32) * masks
+    if across_slices > 0:
+        maps = smooth_across_slices(maps, masks, [r["slice_index"] for r in rows], across_slices)
     samples = out.get("sample")
     samples = None if samples is None else np.asarray(samples, np.float32)[..., 0]
     indices = [r["slice_index"] for r in rows]
@@ -361,7 +392,8 @@ def run(config, workdir: str) -> dict[str, str]:
                                      keys=("anomaly_map", "sample"),
                                      progress=sys.stderr.isatty())
 
-    pred = predict_rows(subject, rows, maps_fn, slicing)
+    sigma = slice_sigma(float(p.z_sigma_mm), subject, int(p.axis), slicing)
+    pred = predict_rows(subject, rows, maps_fn, slicing, across_slices=sigma)
     preprocessing = opts.to_dict()
     if slicing is not None:
         preprocessing = {"image_size": opts.image_size, "axis": 2, "fit": "mni_grid",
@@ -377,6 +409,7 @@ def run(config, workdir: str) -> dict[str, str]:
         "preprocessing": preprocessing,
         "sample": run_config.sample.to_dict(),
         "num_slices": len(pred.rows),
+        "z_sigma_mm": float(p.z_sigma_mm),
         "map_max": float(pred.volume.max()),
         "warnings": warnings,
         "slices_outside_training": outside,

@@ -40,6 +40,7 @@ from madad_jax.training.loop import (
 from madad_jax.training.optimizer import lr_schedule, make_optimizer
 
 LATENT_MEAN, LATENT_LOGVAR = "latent_mean", "latent_logvar"
+CONTRAST_MEAN = "latent_contrast_mean"  # training.latent_cache.CONTRAST_MEAN
 
 
 def latent_shape(config) -> tuple[int, int, int]:
@@ -112,10 +113,13 @@ def make_train_step(config, tx: optax.GradientTransformation,
         z0 = batch_latents(vae, state["params"]["vae"], batch, k_post, norm)
         brainmask = _mask2d(batch.get("brainmask"))
         weight = batch.get("weight")
+        alt = batch.get(CONTRAST_MEAN)
+        if alt is not None:  # the contrast-changed slice's posterior mean, normalized
+            alt = jax.lax.stop_gradient(norm.to_model(alt.astype(jnp.float32)))
 
         def loss(den):
             return diffusion.loss_fn(apply_fn, den, z0, brainmask, k_loss, config, train=True,
-                                     weight=weight)
+                                     weight=weight, alt=alt)
 
         den = state["params"]["denoiser"]
         (_, aux), grads = jax.value_and_grad(loss, has_aux=True)(den)

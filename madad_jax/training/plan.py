@@ -163,10 +163,13 @@ def latent_cache_of(config, workdir: str, source: str, vae_params: Any | None) -
 
     out = os.path.join(workdir, "latent_cache")
     if vae_params is not None:
+        contrast = float(config.diffusion.contrast_swap_prob) > 0
         if hosts.is_main():
             latent_cache.build_latent_cache(source, out,
                                             latent_cache.vae_encoder(config, vae_params),
-                                            encoder_id=f"vae-{fingerprint(vae_params)}")
+                                            encoder_id=f"vae-{fingerprint(vae_params)}",
+                                            contrast_seed=int(config.train.seed) if contrast
+                                            else None)
         hosts.sync("latent_cache")
     elif not epath.Path(out).exists():
         raise ValueError(f"{out}: data.cache_latents is set but the resumed run has no cache")
@@ -175,6 +178,9 @@ def latent_cache_of(config, workdir: str, source: str, vae_params: Any | None) -
 
 def make_plan(config, workdir: str) -> RunPlan:
     """Work out what `mode=train` trains with; may train the autoencoder first."""
+    if float(config.diffusion.contrast_swap_prob) > 0 and not config.data.cache_latents:
+        raise ValueError("diffusion.contrast_swap_prob takes the contrast-changed latents of "
+                         "the latent cache: set data.cache_latents=True")
     if norm_from_data(config) and not config.data.cache_latents:
         raise ValueError("latent_scale_from_data / latent_whiten_from_data derive the latent "
                          "normalization from the latent cache: set data.cache_latents=True")

@@ -82,6 +82,19 @@ class AnatomySpec:
     bias_spacing_mm: float = 80.0
     gain: tuple[float, float] = (0.6, 1.6)
     noise: tuple[float, float] = (0.005, 0.02)  # Rician sigma, relative to white matter
+    # Tissue-class randomization (SynthSeg's idea, within a T1 ordering): with probability
+    # tissue_prob the subject's image is drawn anew from its CSF, grey- and white-matter maps,
+    # each class at a mean drawn from its range (relative to the template's white matter),
+    # then blurred by a sigma drawn from blur_mm (another resolution).
+    tissue_prob: float = 0.0
+    tissue_csf: tuple[float, float] = (0.1, 0.4)
+    tissue_gm: tuple[float, float] = (0.45, 0.75)
+    tissue_wm: tuple[float, float] = (0.8, 1.05)
+    blur_mm: tuple[float, float] = (0.0, 0.0)
+
+    @property
+    def randomizes_tissue(self) -> bool:
+        return self.tissue_prob > 0 or self.blur_mm[1] > 0
 
 
 def _antialias_sigma_mm(voxel_mm: float) -> float:
@@ -181,10 +194,8 @@ class SpatialTransform:
         return q + self.elastic
 
 
-def sample_template(
-    transform: SpatialTransform, pts: np.ndarray, grid: Grid, modality: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Sample the template through the subject's transform: (clean image, brain mask)."""
+def _sample(transform: SpatialTransform, pts: np.ndarray, grid: Grid, modality: str,
+            channels: tuple[int, ...]) -> list[np.ndarray]:
     stack, world_to_vox = _template(
         _antialias_sigma_mm(grid.voxel_mm), float(grid.z_mm[0]), float(grid.z_mm[1]), modality
     )
@@ -193,9 +204,37 @@ def sample_template(
         np.einsum("ij,j...->i...", world_to_vox[:3, :3], src)
         + world_to_vox[:3, 3, None, None, None]
     )
-    image = ndi.map_coordinates(stack[0], idx, order=1, mode="constant", cval=0.0)
-    mask = ndi.map_coordinates(stack[1], idx, order=1, mode="constant", cval=0.0) >= 0.5
+    return [ndi.map_coordinates(stack[c], idx, order=1, mode="constant", cval=0.0)
+            for c in channels]
+
+
+def sample_template(
+    transform: SpatialTransform, pts: np.ndarray, grid: Grid, modality: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sample the template through the subject's transform: (clean image, brain mask)."""
+    image, mask = _sample(transform, pts, grid, modality, (0, 1))
+    mask = mask >= 0.5
     return image * mask, mask
+
+
+def randomize_tissue(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray,
+                     transform: SpatialTransform, pts: np.ndarray, grid: Grid,
+                     spec: AnatomySpec) -> np.ndarray:
+    """`spec.tissue_prob`: the image drawn anew from the subject's tissue maps; then the
+    resolution blur of `spec.blur_mm`. Draws the same numbers whatever the outcome."""
+    redraw = rng.uniform() < spec.tissue_prob
+    means = [rng.uniform(*r) for r in (spec.tissue_csf, spec.tissue_gm, spec.tissue_wm)]
+    blur = float(rng.uniform(*spec.blur_mm))
+    if redraw:
+        gm, wm = _sample(transform, pts, grid, "T1", (2, 3))
+        csf = np.clip(1.0 - gm - wm, 0.0, 1.0)
+        # The template's white matter is ~0.9 of its scale; keep the subject in that scale.
+        image = 0.9 * (means[0] * csf + means[1] * gm + means[2] * wm)
+    if blur > 0:
+        sigma = blur / np.asarray(grid.spacing)
+        num = ndi.gaussian_filter(image * mask, sigma)
+        image = num / np.maximum(ndi.gaussian_filter(mask.astype(np.float64), sigma), 1e-6)
+    return (image * mask).astype(np.float32)
 
 
 def vary_intensity(

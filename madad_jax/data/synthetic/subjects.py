@@ -20,6 +20,7 @@ from madad_jax.data.synthetic.anatomy import (
     AnatomySpec,
     Grid,
     SpatialTransform,
+    randomize_tissue,
     sample_template,
     vary_intensity,
 )
@@ -63,18 +64,22 @@ def make_subject(
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
     seq = np.random.SeedSequence([int(seed), SPLITS[split], int(index)])
-    rng_anat, rng_les, rng_int = (np.random.default_rng(s) for s in seq.spawn(3))
+    # The fourth stream is new: the first three draw what they drew before it existed.
+    rng_anat, rng_les, rng_int, rng_tis = (np.random.default_rng(s) for s in seq.spawn(4))
     pts = grid.points_mm()
     subject_anatomy = SpatialTransform(rng_anat, anatomy, grid)
     image, mask = sample_template(subject_anatomy, pts, grid, modality)
     seg = None
     drawn: list[dict[str, Any]] = []
+    moved = pts
     if lesions is not None:
         drawn = draw_lesions(rng_les, image, mask, pts, grid, lesions)
         if any(les["mass_effect"] > 0 for les in drawn):
-            image, mask = sample_template(
-                subject_anatomy, pts - mass_displacement(pts, drawn), grid, modality
-            )
+            moved = pts - mass_displacement(pts, drawn)
+            image, mask = sample_template(subject_anatomy, moved, grid, modality)
+    if anatomy.randomizes_tissue:
+        image = randomize_tissue(rng_tis, image, mask, subject_anatomy, moved, grid, anatomy)
+    if lesions is not None:
         image, seg = paint_lesions(rng_les, image, mask, pts, grid, lesions, drawn)
     image = vary_intensity(rng_int, image, mask, grid, anatomy)
     return Subject(
@@ -164,6 +169,17 @@ def specs_from_config(demo: Any) -> tuple[AnatomySpec, LesionSpec]:
     return build(AnatomySpec, demo.anatomy), build(LesionSpec, demo.lesion)
 
 
+def train_anatomy(demo: Any, anatomy: AnatomySpec) -> AnatomySpec:
+    """The training subjects' AnatomySpec: `anatomy` with `data.demo.train_anatomy`'s
+    overrides (more variation for training, while val and test stay as they are)."""
+    extra = demo.get("train_anatomy") if hasattr(demo, "get") else None
+    if not extra:
+        return anatomy
+    items = dict(extra.items()) if hasattr(extra, "items") else dict(extra)
+    return dataclasses.replace(anatomy, **{k: tuple(v) if isinstance(v, list) else v
+                                           for k, v in items.items()})
+
+
 def from_config(config: Any, splits: Sequence[str] = ("train", "test")) -> dict[str, dict]:
     """The demo's splits in memory, from `config.image_size` and `config.data.demo`.
 
@@ -184,7 +200,8 @@ def from_config(config: Any, splits: Sequence[str] = ("train", "test")) -> dict[
     out = {}
     for split in splits:
         if split == "train":
-            out[split] = make_split("train", demo.n_train, lesions=None, **common)
+            train_common = dict(common, anatomy=train_anatomy(demo, anatomy))
+            out[split] = make_split("train", demo.n_train, lesions=None, **train_common)
         else:
             out[split] = make_split(
                 split, demo[f"n_{split}"], slices=demo.test_slices, lesions=lesion, **common
