@@ -241,6 +241,14 @@ def default_config() -> ml_collections.ConfigDict:
             # Also score the ablations (evaluation.selection.ABLATIONS) on the test slices,
             # each with its own free settings chosen on the val split when selecting.
             ablations=False,
+            # --- results for users (issue 20; evaluation.results / calibration / bootstrap).
+            # threshold: oracle | healthy_fpr (flag target_fpr of the val split's healthy
+            # brain voxels) | percentile (threshold_percentile of them); saved beside the
+            # checkpoint as calibration.json for predict's lesion masks.
+            threshold="healthy_fpr", target_fpr=0.01, threshold_percentile=99.0,
+            detection_quantile=0.99,  # slice / volume score: this quantile of the brain map
+            bootstrap_resamples=1000,  # 0: no intervals; subjects are resampled
+            bootstrap_pixel_resamples=200,  # for the pooled-pixel AUROC / AP (slow)
         )
     )
 
@@ -250,7 +258,11 @@ def default_config() -> ml_collections.ConfigDict:
              # How the scan is sliced: auto | pad | brain | mni_grid. auto: mni_grid for a
              # checkpoint trained on the demo's MNI-space grid (resampled by the scan's
              # affine onto it), else the training manifest's fit, else pad.
-             geometry="auto")
+             geometry="auto",
+             # --- lesion masks (issue 20): calibration.json to use ("" = the checkpoint
+             # directory's, else the workdir's evaluate/); components smaller are dropped;
+             # layout: flat (<stem>_*) | bids (a BIDS-derivatives folder).
+             calibration="", min_lesion_voxels=0, layout="flat")
     )
     return c
 
@@ -272,6 +284,8 @@ RESUME_FROM_DAMAGED = ("stop", "previous")
 MAP_SOURCES = ("image", "input", "latent", "mask")
 EVAL_CHECKPOINTS = ("latest", "best_loss", "best_mse", "best_mask_prediction")
 PREDICT_GEOMETRIES = ("auto", "pad", "brain", "mni_grid")  # evaluation.predict.GEOMETRIES
+THRESHOLDS = ("oracle", "healthy_fpr", "percentile")  # evaluation.calibration.METHODS
+PREDICT_LAYOUTS = ("flat", "bids")
 PROTOCOLS = ("slice", "volume")
 PARAM_SHARDINGS = ("replicated", "fsdp")
 DISTRIBUTED = ("auto", "on", "off", "true", "false", "1", "0", "yes", "no")
@@ -629,6 +643,18 @@ def _evaluation(c: _Checker) -> None:
     c.integer("predict.axis", 0, 2)
     c.integer("predict.num_panels", 0)
     c.choice("predict.geometry", PREDICT_GEOMETRIES)
+    # issue 20's keys
+    c.choice("evaluate.threshold", THRESHOLDS)
+    for key in ("evaluate.target_fpr", "evaluate.detection_quantile"):
+        if not (isinstance(c(key), (int, float)) and 0 <= c(key) <= 1):
+            c.fail(key, "must be a number in [0, 1]")
+    if not (isinstance(c("evaluate.threshold_percentile"), (int, float))
+            and 0 <= c("evaluate.threshold_percentile") <= 100):
+        c.fail("evaluate.threshold_percentile", "must be a number in [0, 100]")
+    c.integer("evaluate.bootstrap_resamples", 0)
+    c.integer("evaluate.bootstrap_pixel_resamples", 0)
+    c.integer("predict.min_lesion_voxels", 0)
+    c.choice("predict.layout", PREDICT_LAYOUTS)
     if str(c("distributed.initialize")).lower() not in DISTRIBUTED:
         c.fail("distributed.initialize", "must be auto | on | off")
     c.integer("distributed.num_processes", 0)
