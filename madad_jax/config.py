@@ -705,7 +705,9 @@ def _paths(c: _Checker, mode: str, workdir: str | None) -> None:
     if mode == "predict":
         if not c("predict.input"):
             c.fail("predict.input", "predict mode needs a scan (predict.input=SCAN.nii.gz)")
-        for key in ("predict.input", "predict.brainmask", "predict.segmentation"):
+        many = _local(c("predict.input")) and (os.path.isdir(c("predict.input")) or any(
+            ch in c("predict.input") for ch in "*?["))  # a folder or a glob (predict_many)
+        for key in ("predict.input", "predict.brainmask", "predict.segmentation")[many:]:
             must_exist(key, isfile=True)
         out = c("predict.output")
         if out and _local(out):
