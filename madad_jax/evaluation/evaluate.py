@@ -305,6 +305,10 @@ def run(config, workdir: str) -> dict[str, Any]:
                 card = extra.model_card(config, result, restored.directory, restored.step)
                 extra.write(tmp, extras)
                 extra.write_card(tmp, card)
+                from madad_jax.evaluation import report
+
+                report.evaluate_report(os.path.join(tmp, "report.html"), result, maps, segs,
+                                       os.path.join(tmp, PANELS))
         if extras is not None:
             extra.save_beside_checkpoint(restored.directory, extras, card)
         summary = {k: result.get(k) for k in ("max_dice", "f1_max", "auroc", "ap")}

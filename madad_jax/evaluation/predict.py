@@ -254,6 +254,7 @@ def write_outputs(
         "panels": f"{stem}_panels.png",
         "overlay": f"{stem}_overlay.png",
         "summary": f"{stem}_predict.json",
+        "report": f"{stem}_report.html",
     }
     if lesion is not None:
         names.update(lesions=f"{stem}_lesions.nii.gz", lesions_tsv=f"{stem}_lesions.tsv",
@@ -296,6 +297,11 @@ def write_outputs(
             del anomaly_img
             summary = dict(summary, panel_slices=[int(pred.rows[i]["slice_index"]) for i in sel])
             files.atomic_write(tmp["summary"], json.dumps(summary, indent=2, sort_keys=True))
+            from madad_jax.evaluation import report
+
+            report.scan_report(tmp["report"], stem, summary, None if lesion is None
+                               else lesion[1], {"overlay": tmp["overlay"],
+                                                "panels": tmp["panels"]})
     except BaseException:
         # A rename that failed after others succeeded: take the new files back out.
         for k, v in names.items():

@@ -126,6 +126,9 @@ def run(config, workdir: str) -> dict[str, Any]:
     if tty:
         _progress(len(paths), len(paths), "")
     files.atomic_write(os.path.join(out_dir, "group.tsv"), group_tsv(rows))
+    from madad_jax.evaluation import report
+
+    report.group_report(os.path.join(out_dir, "group_report.html"), rows, GROUP_COLUMNS)
     files.write_json_atomic(os.path.join(out_dir, "group.json"),
                             files.to_json({"scans": rows}), indent=2, sort_keys=False)
     files.write_json_atomic(os.path.join(out_dir, "predict_args.json"), files.to_json(
