@@ -168,6 +168,8 @@ def default_config() -> ml_collections.ConfigDict:
             keep_checkpoints=3,
             resume_from_damaged="stop",  # a damaged newest step: stop | previous (good step)
             eval_every_steps=0,  # 0: only at the end
+            # (first, last): a jax.profiler trace of these steps in DIR/tb/profile (issue 20)
+            profile_steps=(),
             val_every_steps=0,  # validation loss + best copy (needs data.val_path); 0: at saves
             val_batches=4,  # fixed validation batches averaged for the best-checkpoint choice
             # > 0: num_steps = num_epochs * ceil(train slices / batch_size), and warmup_steps
@@ -385,6 +387,13 @@ def _local(path: str) -> bool:
     return "://" not in path
 
 
+def _scans_in(spec: str) -> bool:
+    """Whether a folder (at any depth) or a glob holds a .nii / .nii.gz file."""
+    pattern = os.path.join(spec, "**", "*.nii*") if os.path.isdir(spec) else spec
+    return any(p.lower().endswith((".nii", ".nii.gz")) for p in glob.iglob(pattern,
+                                                                          recursive=True))
+
+
 def _exists(path: str) -> bool:
     if any(ch in path for ch in "*?["):
         return bool(glob.glob(path))
@@ -559,6 +568,11 @@ def _training(c: _Checker) -> None:
     c.integer("train.checkpoint_every_steps", 1)
     c.integer("train.keep_checkpoints", 1)
     c.integer("train.eval_every_steps", 0)  # 0: only at the end
+    prof = c("train.profile_steps")
+    if not (isinstance(prof, (list, tuple)) and (len(prof) == 0 or (
+            len(prof) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in prof)
+            and 0 <= prof[0] <= prof[1]))):
+        c.fail("train.profile_steps", "must be () or two steps (first, last), 0 <= first <= last")
     c.integer("train.val_every_steps", 0)  # 0: at saves
     c.integer("train.val_batches", 0)
 
@@ -709,6 +723,8 @@ def _paths(c: _Checker, mode: str, workdir: str | None) -> None:
             ch in c("predict.input") for ch in "*?["))  # a folder or a glob (predict_many)
         for key in ("predict.input", "predict.brainmask", "predict.segmentation")[many:]:
             must_exist(key, isfile=True)
+        if many and not _scans_in(c("predict.input")):
+            c.fail("predict.input", "names no NIfTI scan (a file, a folder or a glob)")
         out = c("predict.output")
         if out and _local(out):
             why = _writable_dir(out)
