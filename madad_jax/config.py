@@ -174,6 +174,8 @@ def default_config() -> ml_collections.ConfigDict:
             keep_checkpoints=3,
             resume_from_damaged="stop",  # a damaged newest step: stop | previous (good step)
             eval_every_steps=0,  # 0: only at the end
+            # (first, last): a jax.profiler trace of these steps in DIR/tb/profile (issue 20)
+            profile_steps=(),
             val_every_steps=0,  # validation loss + best copy (needs data.val_path); 0: at saves
             val_batches=4,  # fixed validation batches averaged for the best-checkpoint choice
             # > 0: num_steps = num_epochs * ceil(train slices / batch_size), and warmup_steps
@@ -247,6 +249,14 @@ def default_config() -> ml_collections.ConfigDict:
             # Also score the ablations (evaluation.selection.ABLATIONS) on the test slices,
             # each with its own free settings chosen on the val split when selecting.
             ablations=False,
+            # --- results for users (issue 20; evaluation.results / calibration / bootstrap).
+            # threshold: oracle | healthy_fpr (flag target_fpr of the val split's healthy
+            # brain voxels) | percentile (threshold_percentile of them); saved beside the
+            # checkpoint as calibration.json for predict's lesion masks.
+            threshold="healthy_fpr", target_fpr=0.01, threshold_percentile=99.0,
+            detection_quantile=0.99,  # slice / volume score: this quantile of the brain map
+            bootstrap_resamples=1000,  # 0: no intervals; subjects are resampled
+            bootstrap_pixel_resamples=200,  # for the pooled-pixel AUROC / AP (slow)
         )
     )
 
@@ -259,7 +269,11 @@ def default_config() -> ml_collections.ConfigDict:
              geometry="auto",
              # Gaussian sigma (mm) across slices of the maps before they go back into the
              # volume (0: none); it removes slice-to-slice stripes.
-             z_sigma_mm=0.0)
+             z_sigma_mm=0.0,
+             # --- lesion masks (issue 20): calibration.json to use ("" = the checkpoint
+             # directory's, else the workdir's evaluate/); components smaller are dropped;
+             # layout: flat (<stem>_*) | bids (a BIDS-derivatives folder).
+             calibration="", min_lesion_voxels=0, layout="flat")
     )
     return c
 
@@ -281,6 +295,8 @@ RESUME_FROM_DAMAGED = ("stop", "previous")
 MAP_SOURCES = ("image", "input", "latent", "mask")
 EVAL_CHECKPOINTS = ("latest", "best_loss", "best_mse", "best_mask_prediction")
 PREDICT_GEOMETRIES = ("auto", "pad", "brain", "mni_grid")  # evaluation.predict.GEOMETRIES
+THRESHOLDS = ("oracle", "healthy_fpr", "percentile")  # evaluation.calibration.METHODS
+PREDICT_LAYOUTS = ("flat", "bids")
 PROTOCOLS = ("slice", "volume")
 PARAM_SHARDINGS = ("replicated", "fsdp")
 DISTRIBUTED = ("auto", "on", "off", "true", "false", "1", "0", "yes", "no")
@@ -378,6 +394,13 @@ class _Checker:
 
 def _local(path: str) -> bool:
     return "://" not in path
+
+
+def _scans_in(spec: str) -> bool:
+    """Whether a folder (at any depth) or a glob holds a .nii / .nii.gz file."""
+    pattern = os.path.join(spec, "**", "*.nii*") if os.path.isdir(spec) else spec
+    return any(p.lower().endswith((".nii", ".nii.gz")) for p in glob.iglob(pattern,
+                                                                          recursive=True))
 
 
 def _exists(path: str) -> bool:
@@ -555,6 +578,11 @@ def _training(c: _Checker) -> None:
     c.integer("train.checkpoint_every_steps", 1)
     c.integer("train.keep_checkpoints", 1)
     c.integer("train.eval_every_steps", 0)  # 0: only at the end
+    prof = c("train.profile_steps")
+    if not (isinstance(prof, (list, tuple)) and (len(prof) == 0 or (
+            len(prof) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in prof)
+            and 0 <= prof[0] <= prof[1]))):
+        c.fail("train.profile_steps", "must be () or two steps (first, last), 0 <= first <= last")
     c.integer("train.val_every_steps", 0)  # 0: at saves
     c.integer("train.val_batches", 0)
 
@@ -640,6 +668,18 @@ def _evaluation(c: _Checker) -> None:
     c.integer("predict.num_panels", 0)
     c.choice("predict.geometry", PREDICT_GEOMETRIES)
     c.number("predict.z_sigma_mm", 0)
+    # issue 20's keys
+    c.choice("evaluate.threshold", THRESHOLDS)
+    for key in ("evaluate.target_fpr", "evaluate.detection_quantile"):
+        if not (isinstance(c(key), (int, float)) and 0 <= c(key) <= 1):
+            c.fail(key, "must be a number in [0, 1]")
+    if not (isinstance(c("evaluate.threshold_percentile"), (int, float))
+            and 0 <= c("evaluate.threshold_percentile") <= 100):
+        c.fail("evaluate.threshold_percentile", "must be a number in [0, 100]")
+    c.integer("evaluate.bootstrap_resamples", 0)
+    c.integer("evaluate.bootstrap_pixel_resamples", 0)
+    c.integer("predict.min_lesion_voxels", 0)
+    c.choice("predict.layout", PREDICT_LAYOUTS)
     if str(c("distributed.initialize")).lower() not in DISTRIBUTED:
         c.fail("distributed.initialize", "must be auto | on | off")
     c.integer("distributed.num_processes", 0)
@@ -690,8 +730,12 @@ def _paths(c: _Checker, mode: str, workdir: str | None) -> None:
     if mode == "predict":
         if not c("predict.input"):
             c.fail("predict.input", "predict mode needs a scan (predict.input=SCAN.nii.gz)")
-        for key in ("predict.input", "predict.brainmask", "predict.segmentation"):
+        many = _local(c("predict.input")) and (os.path.isdir(c("predict.input")) or any(
+            ch in c("predict.input") for ch in "*?["))  # a folder or a glob (predict_many)
+        for key in ("predict.input", "predict.brainmask", "predict.segmentation")[many:]:
             must_exist(key, isfile=True)
+        if many and not _scans_in(c("predict.input")):
+            c.fail("predict.input", "names no NIfTI scan (a file, a folder or a glob)")
         out = c("predict.output")
         if out and _local(out):
             why = _writable_dir(out)

@@ -132,7 +132,7 @@ def _run_mode(config, workdir: str, mode: str) -> None:
     if mode in ("evaluate", "train_and_evaluate"):
         importlib.import_module("madad_jax.evaluation.evaluate").run(config, workdir)
     if mode == "predict":
-        importlib.import_module("madad_jax.evaluation.predict").run(config, workdir)
+        importlib.import_module("madad_jax.evaluation.predict_many").run(config, workdir)
     if mode == "train_vae":
         importlib.import_module("madad_jax.training.run").run_autoencoder(config, workdir)
 

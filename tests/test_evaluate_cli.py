@@ -90,7 +90,8 @@ def test_evaluate_run_volume_protocol_unseen_steps(case_dir, imported, tmp_path)
     res = evaluate.run(cfg, str(tmp_path))
     out = tmp_path / "evaluate"
     assert sorted(p.name for p in out.iterdir()) == [
-        "anomaly_maps.npz", "metrics.json", "panels.png", "slices.csv", "volumes.csv"]
+        "MODEL_CARD.md", "anomaly_maps.npz", "metrics.json", "model_card.json", "panels.png",
+        "report.html", "slices.csv", "volumes.csv"]
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["n_slices"] == 4 and saved["ddim_steps"] == 3 and saved["map_source"] == "mask"
     assert saved["volume"]["num_volumes"] == 4 and saved["volume"]["threshold"] == 0.5

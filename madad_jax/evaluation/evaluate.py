@@ -251,7 +251,7 @@ def run(config, workdir: str) -> dict[str, Any]:
         ema=restored.ema,
         seconds=round(seconds, 3),
     )
-    rows_slices, rows_volumes = None, None
+    rows_slices, rows_volumes, extras = None, None, None
     if segs is None:
         log.warning("the test split has no segmentations: writing maps without metrics")
         result.update(max_dice=None, f1_max=None, auroc=None, ap=None)
@@ -287,6 +287,11 @@ def run(config, workdir: str) -> dict[str, Any]:
             result["ablations"] = _ablations(config, models, restored.params, images, segs,
                                              val, val_sampler, chosen)
             result["comparisons"] = comparisons(result)
+        from madad_jax.evaluation import results as extra  # calibrated, detection, intervals
+
+        extras = extra.extend(config, result, test, maps, val, lambda im: compute_maps(
+            config, models, restored.params, im, progress=False), restored.directory,
+            restored.step)
 
     if jax.process_index() == 0:
         out_dir = os.path.join(workdir, RESULT_DIR)
@@ -301,6 +306,16 @@ def run(config, workdir: str) -> dict[str, Any]:
                     vm.write_csv(os.path.join(tmp, "volumes.csv"), rows_volumes)
             write_panels(os.path.join(tmp, PANELS), test, outputs,
                          int(config.evaluate.num_panels))
+            if extras is not None:
+                card = extra.model_card(config, result, restored.directory, restored.step)
+                extra.write(tmp, extras)
+                extra.write_card(tmp, card)
+                from madad_jax.evaluation import report
+
+                report.evaluate_report(os.path.join(tmp, "report.html"), result, maps, segs,
+                                       os.path.join(tmp, PANELS))
+        if extras is not None:
+            extra.save_beside_checkpoint(restored.directory, extras, card)
         summary = {k: result.get(k) for k in ("max_dice", "f1_max", "auroc", "ap")}
         shown = json.dumps(files.to_json(summary))
         print(f"evaluate: {len(maps)} slices, {shown} -> {out_dir}", flush=True)

@@ -234,9 +234,10 @@ def panel_slices(pred: Prediction, n: int) -> list[int]:
     return sorted(out[: max(1, n)])
 
 
-def write_nifti(path: str, volume: np.ndarray, source_path: str, affine: np.ndarray) -> None:
-    """float32 NIfTI with the input's affine, shape (trailing singleton axes included) and
-    qform / sform codes."""
+def write_nifti(path: str, volume: np.ndarray, source_path: str, affine: np.ndarray,
+                dtype: Any = np.float32) -> None:
+    """NIfTI (float32 unless `dtype`) with the input's affine, shape (trailing singleton axes
+    included) and qform / sform codes."""
     qcode = scode = 0
     try:
         src = nib.load(source_path).header
@@ -247,7 +248,7 @@ def write_nifti(path: str, volume: np.ndarray, source_path: str, affine: np.ndar
         scode = int(src["sform_code"]) if "sform_code" in src else 1
     except Exception:  # a non-NIfTI input format: keep nibabel's defaults
         pass
-    img = nib.Nifti1Image(volume.astype(np.float32), affine)
+    img = nib.Nifti1Image(volume.astype(dtype), affine)
     if qcode or scode:
         img.set_qform(affine, code=qcode or scode)
         img.set_sform(affine, code=scode or qcode)
@@ -275,15 +276,20 @@ def _slice_title(row: dict[str, Any]) -> str:
 
 def write_outputs(
     out_dir: str, stem: str, subject: nifti.Subject, pred: Prediction, summary: dict[str, Any],
-    num_panels: int = 4,
+    num_panels: int = 4, lesion: tuple[np.ndarray, list, dict[str, Any]] | None = None,
 ) -> dict[str, str]:
-    """Write the NIfTI map, PNG panels, overlay and JSON summary into `out_dir` atomically."""
+    """Write the NIfTI map, PNG panels, overlay and JSON summary into `out_dir` atomically;
+    with `lesion` = (mask, component rows, calibration) also the lesion mask and table."""
     names = {
         "anomaly": f"{stem}_anomaly.nii.gz",
         "panels": f"{stem}_panels.png",
         "overlay": f"{stem}_overlay.png",
         "summary": f"{stem}_predict.json",
+        "report": f"{stem}_report.html",
     }
+    if lesion is not None:
+        names.update(lesions=f"{stem}_lesions.nii.gz", lesions_tsv=f"{stem}_lesions.tsv",
+                     lesions_json=f"{stem}_lesions.json")
     created = not os.path.isdir(out_dir)
     try:
         os.makedirs(out_dir, exist_ok=True)
@@ -294,9 +300,17 @@ def write_outputs(
         # Every file is renamed into place only when all of them were written.
         with contextlib.ExitStack() as stack:
             tmp = {k: stack.enter_context(files.atomic_path(
-                os.path.join(out_dir, name), suffix=".nii.gz" if k == "anomaly" else ""))
+                os.path.join(out_dir, name), suffix=".nii.gz" if name.endswith(".nii.gz")
+                else ""))
                 for k, name in names.items()}
             write_nifti(tmp["anomaly"], pred.volume, subject.image.path, subject.image.affine)
+            if lesion is not None:
+                from madad_jax.evaluation import lesions
+
+                write_nifti(tmp["lesions"], lesion[0], subject.image.path, subject.image.affine,
+                            dtype=np.uint8)
+                lesions.write_table(tmp["lesions_tsv"], tmp["lesions_json"], lesion[1],
+                                    extra={"scan": subject.image.path, **lesion[2]})
             sel = panel_slices(pred, num_panels)
             gt = None
             if subject.segmentation is not None:
@@ -314,6 +328,11 @@ def write_outputs(
             del anomaly_img
             summary = dict(summary, panel_slices=[int(pred.rows[i]["slice_index"]) for i in sel])
             files.atomic_write(tmp["summary"], json.dumps(summary, indent=2, sort_keys=True))
+            from madad_jax.evaluation import report
+
+            report.scan_report(tmp["report"], stem, summary, None if lesion is None
+                               else lesion[1], {"overlay": tmp["overlay"],
+                                                "panels": tmp["panels"]})
     except BaseException:
         # A rename that failed after others succeeded: take the new files back out.
         for k, v in names.items():
@@ -354,19 +373,68 @@ def warn(lines: list[str]) -> None:
         log.debug("warning: %s", line)
 
 
-def run(config, workdir: str) -> dict[str, str]:
-    """Predict `config.predict.input`; returns the written files by kind."""
-    p = config.predict
-    if not p.input:
-        raise ValueError("predict mode needs --config.predict.input=SCAN.nii.gz")
-    out_dir = _output_dir(config, workdir)
-    stem = scan_stem(p.input)
-    subject = nifti.load_subject(stem, p.input, p.brainmask or None, p.segmentation or None)
+@dataclasses.dataclass
+class Model:
+    """What every scan of a run shares: the restored checkpoint, its config and domain, the
+    built models and the lesion threshold (None: continuous maps only)."""
+
+    restored: Any
+    config: Any
+    domain: domain.TrainingDomain
+    models: Any
+    calibration: dict[str, Any] | None
+    calibration_path: str | None
+
+
+def load_model(config, workdir: str) -> Model:
+    """Restore the checkpoint once and find its calibration (`predict.calibration`, else the
+    checkpoint directory's `calibration.json`, else `DIR/evaluate/`'s)."""
+    from madad_jax.evaluation import calibration
 
     restored = loading.restore_for_run(config, workdir)
     run_config = copy.deepcopy(config)
     ckpt.apply_arch(run_config, restored.arch)
     dom = training_domain(run_config, restored.config)
+    given = str(config.predict.get("calibration", "") or "")
+    if given and not os.path.exists(given):
+        raise BadInputError(given, "predict.calibration: no such file")
+    path = calibration.find([given, restored.directory, os.path.join(workdir, "evaluate")])
+    rec = None
+    if path is not None:
+        try:
+            rec = calibration.load(path)
+        except ValueError as err:
+            raise BadInputError(path, str(err).split(": ", 1)[-1]) from err
+    else:
+        print("predict: no calibration.json beside the checkpoint (run evaluate with "
+              "evaluate.threshold=healthy_fpr): writing the continuous map only",
+              file=sys.stderr)
+    return Model(restored, run_config, dom, loading.build_models(run_config), rec, path)
+
+
+def lesion_mask(volume: np.ndarray, brain: np.ndarray, record: dict[str, Any],
+                min_voxels: int = 0) -> np.ndarray:
+    """The binary lesion mask: map > the calibrated threshold inside the brain, without
+    components smaller than `min_voxels`."""
+    from madad_jax.evaluation import lesions
+
+    return lesions.remove_small((volume > float(record["threshold"])) & brain, int(min_voxels))
+
+
+def run(config, workdir: str, model: Model | None = None,
+        scan: tuple[str, str, str] | None = None, out_dir: str | None = None) -> dict[str, str]:
+    """Predict `config.predict.input` (or `scan` = (input, brainmask, segmentation) with a
+    `model` loaded once); returns the written files by kind."""
+    p = config.predict
+    if not p.input and scan is None:
+        raise ValueError("predict mode needs --config.predict.input=SCAN.nii.gz")
+    out_dir = out_dir or _output_dir(config, workdir)
+    path, mask_path, seg_path = scan or (p.input, p.brainmask, p.segmentation)
+    stem = scan_stem(path)
+    subject = nifti.load_subject(stem, path, mask_path or None, seg_path or None)
+
+    model = model or load_model(config, workdir)
+    restored, run_config, dom = model.restored, model.config, model.domain
     geometry = resolve_geometry(str(p.geometry), dom)
     if geometry == "mni_grid" and not dom.has_grid:
         raise BadInputError(restored.directory, "predict.geometry=mni_grid needs data.demo "
@@ -384,7 +452,7 @@ def run(config, workdir: str) -> dict[str, str]:
     warn(slice_warnings)
     warnings += slice_warnings
 
-    models = loading.build_models(run_config)
+    models = model.models
     key = jax.random.PRNGKey(int(run_config.sample.seed))
 
     def maps_fn(images: np.ndarray) -> dict[str, np.ndarray]:
@@ -399,9 +467,9 @@ def run(config, workdir: str) -> dict[str, str]:
         preprocessing = {"image_size": opts.image_size, "axis": 2, "fit": "mni_grid",
                          "percentiles": list(opts.percentiles), **slicing.to_dict()}
     summary = {
-        "input": os.path.abspath(p.input),
-        "brainmask": os.path.abspath(p.brainmask) if p.brainmask else "nonzero voxels",
-        "segmentation": os.path.abspath(p.segmentation) if p.segmentation else "",
+        "input": os.path.abspath(path),
+        "brainmask": os.path.abspath(mask_path) if mask_path else "nonzero voxels",
+        "segmentation": os.path.abspath(seg_path) if seg_path else "",
         "checkpoint": restored.directory,
         "step": restored.step,
         "training_domain": dom.to_dict(),
@@ -416,7 +484,21 @@ def run(config, workdir: str) -> dict[str, str]:
     }
     if subject.segmentation is not None:
         summary.update(_scores(pred, subject))
-    paths = write_outputs(out_dir, stem, subject, pred, summary, int(p.num_panels))
+    lesion = None
+    if model.calibration is not None:
+        from madad_jax.evaluation import lesions
+
+        brain = subject.image.to_native(subject.brainmask)
+        mask = lesion_mask(pred.volume, brain, model.calibration,
+                           int(p.get("min_lesion_voxels", 0)))
+        table = lesions.components(mask, pred.volume, subject.image.affine)
+        cal = {k: model.calibration.get(k) for k in
+               ("threshold", "method", "target_fpr", "achieved_fpr", "split", "step")}
+        summary["lesions"] = {"calibration": model.calibration_path, **cal,
+                              "num_lesions": len(table),
+                              "total_volume_ml": float(sum(r["volume_ml"] for r in table))}
+        lesion = (mask, table, summary["lesions"])
+    paths = write_outputs(out_dir, stem, subject, pred, summary, int(p.num_panels), lesion)
     log.info("wrote %s", ", ".join(paths.values()))
     print(f"wrote {paths['anomaly']}")
     return paths

@@ -7,6 +7,7 @@ with the data iterator's position, so a resumed run repeats an uninterrupted one
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -108,6 +109,7 @@ class LoopSettings:
     val_after: int = 0  # > 0: only after this step, at steps = val_after (mod val_every)
     steps_per_epoch: int = 0  # > 0: log the LR and the batch's real samples at each epoch end
     resume_from_damaged: str = "stop"  # or "previous": resume from the newest good step
+    profile: tuple[int, ...] = ()  # (first, last): a jax.profiler trace of those steps
 
     @classmethod
     def of(cls, name: str, ckpt_dir: str, section, num_steps: int | None = None,
@@ -117,7 +119,8 @@ class LoopSettings:
                   batch_size=int(section.batch_size), log_every=int(section.log_every_steps),
                   checkpoint_every=int(section.checkpoint_every_steps),
                   keep=int(section.keep_checkpoints), val_every=int(section.val_every_steps),
-                  resume_from_damaged=str(section.resume_from_damaged))
+                  resume_from_damaged=str(section.resume_from_damaged),
+                  profile=tuple(int(x) for x in (section.get("profile_steps") or ())))
         return cls(name, ckpt_dir, **dict(kw, **overrides))
 
     def validates_at(self, done: int) -> bool:
@@ -212,8 +215,10 @@ def fit(
     last_good = latest
     pending: list[tuple[int, dict]] = []
     logged: dict[str, float] = {}
+    tracing = False
     try:
         for step in range(start, s.num_steps):
+            tracing = _profile(s.profile, step, workdir, tracing, state)
             local = next(batches)
             state, metrics = task.step_fn(step)(state, task.put_batch(local))
             done = step + 1
@@ -244,6 +249,8 @@ def fit(
                         log.message(f"[{name}] step {done}: best {metric} "
                                     f"{vm[metric]:.5g} -> {os.path.join(workdir, d)}")
             log.step(done)
+        if tracing:
+            _profile(s.profile, s.profile[1] + 1, workdir, tracing, state)
         if start >= s.num_steps:
             log.message(f"[{name}] {ckpt_dir} already holds step {start} >= {s.num_steps} steps")
         for m in [mngr, *(m for _, m in copies.values())]:
@@ -251,6 +258,9 @@ def fit(
             m.close()
         log.close()
     except BaseException as err:
+        if tracing:
+            with contextlib.suppress(Exception):
+                jax.profiler.stop_trace()
         # One error is reported; the managers' own failures while closing would bury it.
         for m in [mngr, *(m for _, m in copies.values())]:
             _close_quietly(m)
@@ -261,6 +271,22 @@ def fit(
                 raise os_err from err
         raise
     return state
+
+
+def _profile(steps: tuple[int, ...], step: int, workdir: str, tracing: bool,
+             state: Any) -> bool:
+    """Start a jax.profiler trace (into `DIR/tb/profile`, which TensorBoard's profiler
+    opens) before step `steps[0]`, stop it once step `steps[1]` ran; whether it runs."""
+    if len(steps) != 2:
+        return False
+    if not tracing and step == steps[0] and jax.process_index() == 0:
+        jax.profiler.start_trace(os.path.join(workdir, "tb", "profile"))
+        return True
+    if tracing and step > steps[1]:
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+        return False
+    return tracing
 
 
 def _close_quietly(closable) -> None:
