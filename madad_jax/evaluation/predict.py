@@ -406,7 +406,7 @@ def load_model(config, workdir: str) -> Model:
         except ValueError as err:
             raise BadInputError(path, str(err).split(": ", 1)[-1]) from err
     else:
-        print("predict: no calibration.json beside the checkpoint (run evaluate with "
+        print("warning: predict: no calibration.json beside the checkpoint (run evaluate with "
               "evaluate.threshold=healthy_fpr): writing the continuous map only",
               file=sys.stderr)
     return Model(restored, run_config, dom, loading.build_models(run_config), rec, path)

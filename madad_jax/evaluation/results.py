@@ -13,7 +13,6 @@ the model card.
 
 from __future__ import annotations
 
-import logging
 import os
 import shlex
 import sys
@@ -27,8 +26,6 @@ from madad_jax.core import files
 from madad_jax.data import sources
 from madad_jax.evaluation import bootstrap, calibration
 from madad_jax.evaluation import volume_metrics as vm
-
-log = logging.getLogger("madad_jax.evaluation.results")
 
 MapsFn = Callable[[np.ndarray], np.ndarray]
 
@@ -98,7 +95,8 @@ def extend(config, result: dict[str, Any], test: Mapping[str, Any], maps: np.nda
     if method != "oracle":
         v = _val_split(config, val)
         if v is None:
-            log.warning("evaluate.threshold=%s needs a val split; no calibrated figures", method)
+            print(f"warning: evaluate.threshold={method} needs a val split; no calibrated figures",
+                  file=sys.stderr)
         else:
             s = config.sample
             rec = calibration.calibrate(
@@ -217,4 +215,5 @@ def save_beside_checkpoint(directory: str, extras: Mapping[str, Any],
             calibration.save(directory, extras["calibration"])
         write_card(directory, card)
     except OSError as err:
-        log.warning("could not write the calibration / model card into %s: %s", directory, err)
+        print(f"warning: could not write the calibration / model card into {directory}: {err}",
+              file=sys.stderr)
