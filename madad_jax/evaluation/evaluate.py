@@ -210,9 +210,6 @@ def run(config, workdir: str) -> dict[str, Any]:
     checkpoint.apply_arch(config, restored.arch)
     models = loading.build_models(config)
     protocols = tuple(config.evaluate.protocols)
-    unknown = set(protocols) - {"slice", "volume"}
-    if unknown:
-        raise ValueError(f"evaluate.protocols: unknown {sorted(unknown)} (slice | volume)")
 
     if jax.process_index() == 0:
         files.check_writable(os.path.join(workdir, RESULT_DIR))  # before the inference

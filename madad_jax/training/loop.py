@@ -170,7 +170,7 @@ def fit(
 ) -> State:
     """The resumable training loop shared by the denoiser and the autoencoder.
 
-    After checking the batch size against the mesh, the loop resumes from the newest
+    The loop (its config validated: `madad_jax.config.validate`) resumes from the newest
     checkpoint in `settings.ckpt_dir`, restoring the data iterator too; it checks every step's
     metrics for NaN/Inf before each save, so a bad state is never written. With `val_batches`
     (a list, or a function that yields the batches anew) it validates as
@@ -178,10 +178,6 @@ def fit(
     `workdir/<name>/`.
     """
     s, name, ckpt_dir = settings, settings.name, settings.ckpt_dir
-    check_batch_size(s.batch_size, task.mesh)
-    if s.resume_from_damaged not in ("stop", "previous"):
-        raise ValueError(f"{name}.resume_from_damaged must be stop | previous, not "
-                         f"{s.resume_from_damaged!r}")
     mngr = ckpt.train_manager(ckpt_dir, s.keep)
     try:
         found = ckpt.restore_newest(mngr, task.abstract, s.resume_from_damaged == "previous")
@@ -289,10 +285,3 @@ def _epoch_row(metrics: dict[str, jax.Array], epoch: int) -> dict[str, float]:
 
 def config_json(config) -> dict[str, Any]:
     return json.loads(config.to_json_best_effort())
-
-
-def check_batch_size(batch_size: int, mesh) -> None:
-    nproc = jax.process_count()
-    if batch_size % nproc or batch_size % mesh.size:
-        raise ValueError(f"batch size {batch_size} must be divisible by the {nproc} processes "
-                         f"and the {mesh.size} devices of the mesh")

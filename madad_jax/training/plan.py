@@ -175,9 +175,6 @@ def latent_cache_of(config, workdir: str, source: str, vae_params: Any | None) -
 
 def make_plan(config, workdir: str) -> RunPlan:
     """Work out what `mode=train` trains with; may train the autoencoder first."""
-    if norm_from_data(config) and not config.data.cache_latents:
-        raise ValueError("latent_scale_from_data / latent_whiten_from_data derive the latent "
-                         "normalization from the latent cache: set data.cache_latents=True")
     source = sources.training_source(config, workdir)
     n = slices_in(config.data.latent_cache or source)  # a cache holds one row per slice
     updates: dict[str, Any] = epoch_steps(config, n)
