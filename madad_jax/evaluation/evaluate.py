@@ -26,9 +26,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from madad_jax.core import checkpoint, files
+from madad_jax.core import files
 from madad_jax.data import sources
 from madad_jax.evaluation import metrics, selection
+from madad_jax.models.arch import apply_arch
 from madad_jax.sampling import inferencer, loading
 
 log = logging.getLogger("madad_jax.evaluation.evaluate")
@@ -207,7 +208,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     """Evaluate the checkpoint on the test split; returns what metrics.json holds."""
     restored = loading.restore_for_run(config, workdir)
     config = config.copy_and_resolve_references()
-    checkpoint.apply_arch(config, restored.arch)
+    apply_arch(config, restored.arch)
     models = loading.build_models(config)
     protocols = tuple(config.evaluate.protocols)
 

@@ -55,11 +55,11 @@ import jax
 import nibabel as nib
 import numpy as np
 
-from madad_jax.core import checkpoint as ckpt
 from madad_jax.core import files
 from madad_jax.data import nifti, preprocess
 from madad_jax.data.errors import BadInputError
 from madad_jax.evaluation import domain, figures
+from madad_jax.models.arch import apply_arch
 from madad_jax.sampling import inferencer, loading
 
 log = logging.getLogger("madad_jax.evaluation.predict")
@@ -334,7 +334,7 @@ def run(config, workdir: str) -> dict[str, str]:
 
     restored = loading.restore_for_run(config, workdir)
     run_config = copy.deepcopy(config)
-    ckpt.apply_arch(run_config, restored.arch)
+    apply_arch(run_config, restored.arch)
     dom = training_domain(run_config, restored.config)
     geometry = resolve_geometry(str(p.geometry), dom)
     if geometry == "mni_grid" and not dom.has_grid:

@@ -23,11 +23,11 @@ import numpy as np
 import optax
 
 from madad_jax import diffusion
-from madad_jax.core import checkpoint as ckpt
 from madad_jax.core import mesh as mesh_lib
 from madad_jax.diffusion.latent_norm import LatentNorm
 from madad_jax.models import build_denoiser, build_vae, sample_posterior
 from madad_jax.models.adapters import denoiser_fn, vae_encode
+from madad_jax.models.arch import arch_from_config
 from madad_jax.training.loop import (
     Batch,
     LoopSettings,
@@ -261,5 +261,5 @@ def train_loop(
     task = DenoiserTask(config, mesh, vae_abstract, vae_params, norm, steps_per_epoch)
     settings = LoopSettings.of("train", checkpoint_dir(workdir), config.train,
                                **epoch_settings(config.train, steps_per_epoch))
-    return fit(task, workdir, batches, settings, arch=ckpt.arch_from_config(config),
+    return fit(task, workdir, batches, settings, arch=arch_from_config(config),
                  config_json=config_json(config), val_batches=val_batches)

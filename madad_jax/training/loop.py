@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from madad_jax.core import checkpoint as ckpt
+from madad_jax.core import damage
 from madad_jax.core import mesh as mesh_lib
 from madad_jax.training.logger import Logger
 
@@ -252,7 +253,7 @@ def fit(
             _close_quietly(m)
         _close_quietly(log)
         if isinstance(err, Exception) and not getattr(err, "filename", None):
-            os_err = ckpt.os_error_of(err, ckpt_dir)
+            os_err = damage.os_error_of(err, ckpt_dir)
             if os_err is not None:  # a full disk, a read-only file system: one line
                 raise os_err from err
         raise
@@ -265,16 +266,16 @@ def _close_quietly(closable) -> None:
     if isinstance(closable, Logger):
         closable.close()
         return
-    with ckpt.quiet_stderr():  # Orbax's threads would print the reported failure again
+    with damage.quiet_stderr():  # Orbax's threads would print the reported failure again
         for fn in ("wait_until_finished", "close"):
             try:
                 getattr(closable, fn, lambda: None)()
             except Exception:  # noqa: BLE001, S110 - the first error is the one reported
                 pass
-        ckpt.settle(0.2)
+        damage.settle(0.2)
     directory = getattr(closable, "directory", None)
     if directory is not None:
-        ckpt.remove_tmp_dirs(str(directory))
+        damage.remove_tmp_dirs(str(directory))
 
 
 def _epoch_row(metrics: dict[str, jax.Array], epoch: int) -> dict[str, float]:

@@ -25,6 +25,7 @@ from madad_jax.data import sources
 from madad_jax.data.epochs import steps_in_epoch
 from madad_jax.diffusion import latent_norm
 from madad_jax.diffusion.latent_norm import LatentNorm
+from madad_jax.models.arch import tuplify
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +56,7 @@ def resolved(config, updates: dict[str, Any]) -> ml_collections.FrozenConfigDict
             for p in path:
                 node = node[p]
             if isinstance(value, dict) and isinstance(node.get(leaf), ml_collections.ConfigDict):
-                node[leaf].update(ckpt.tuplify(value))
+                node[leaf].update(tuplify(value))
             else:
                 node[leaf] = value
     return ml_collections.FrozenConfigDict(cfg)
