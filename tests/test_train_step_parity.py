@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, require_fixture
 
 from madad_jax.config import default_config
 from madad_jax.diffusion import loss as dloss
@@ -52,8 +52,7 @@ def _by_prefix(rec, prefix):
 
 @pytest.fixture(scope="module")
 def case():
-    if not (CASE / "case.json").exists():
-        pytest.skip(f"training-step fixture not found at {CASE}")
+    require_fixture(CASE / "case.json", "training-step fixture")
     meta = json.loads((CASE / "case.json").read_text())
     rec = dict(np.load(CASE / "train_step.npz"))
     weights = CASE / meta.get("weights_from", ".")
