@@ -21,6 +21,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from madad_jax.config import MODES, validate
+from madad_jax.core.errors import MadadError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a configs/*.py file defining get_config().", lock_config=True
@@ -32,20 +33,10 @@ __all__ = ["MODES", "main", "run"]
 
 
 def bad_input_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions reported in one line: unusable input, or a diverged training run."""
-    # OSError: a full disk, a read-only file system, a workdir that is a file, ...
-    errors: list[type[BaseException]] = [OSError, ValueError]
-    for module, name in (
-        ("madad_jax.data.errors", "BadInputError"),
-        ("madad_jax.training.loop", "TrainingDiverged"),
-    ):
-        try:
-            cls = getattr(importlib.import_module(module), name, None)
-        except ImportError:
-            continue
-        if isinstance(cls, type) and issubclass(cls, BaseException):
-            errors.append(cls)
-    return tuple(errors)
+    """Exceptions reported in one line: the project's own (unusable input, a diverged run;
+    `madad_jax.core.errors`) and OSError (a full disk, a read-only file system, a workdir
+    that is a file, ...). Anything else is a bug and keeps its traceback."""
+    return (OSError, MadadError)
 
 
 def describe(err: BaseException) -> str:
@@ -125,7 +116,7 @@ def _workdir_lock(config, workdir: str):
 
 def _run_mode(config, workdir: str, mode: str) -> None:
     if mode in ("train", "train_and_evaluate"):
-        importlib.import_module("madad_jax.training.run").run(config, workdir)
+        importlib.import_module("madad_jax.training.run").train(config, workdir)
     if mode in ("evaluate", "train_and_evaluate"):
         importlib.import_module("madad_jax.evaluation.evaluate").run(config, workdir)
     if mode == "predict":

@@ -12,8 +12,10 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from madad_jax.core.errors import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """A config value that breaks a rule: `config.KEY=VALUE: RULE`."""
 
     def __init__(self, key: str, value: Any, rule: str, prefix: str = "config.") -> None:

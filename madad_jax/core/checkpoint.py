@@ -33,6 +33,7 @@ from madad_jax.core.damage import (
     newest_readable,
     restore_items,
 )
+from madad_jax.core.errors import InputError
 from madad_jax.core.files import to_json
 from madad_jax.core.iterator_state import (
     IteratorStateRestore,
@@ -41,11 +42,19 @@ from madad_jax.core.iterator_state import (
     encode_iterator_state,
 )
 
-__all__ = ["CheckpointError", "DamagedCheckpoint", "Restored", "best_loss", "best_manager",
-           "best_metrics", "check_finite", "find_directory", "latest_step", "load_arch",
-           "load_params", "manager", "restore_inference", "restore_items", "restore_newest",
-           "restore_train_state", "save_best", "save_params", "save_train_state", "step_items",
-           "train_manager"]
+__all__ = ["RUN_DIR", "CheckpointError", "DamagedCheckpoint", "Restored", "best_loss",
+           "best_manager", "best_metrics", "check_finite", "find_directory", "latest_step",
+           "load_arch", "load_params", "manager", "restore_inference", "restore_items",
+           "restore_newest", "restore_train_state", "run_directory", "save_best", "save_params",
+           "save_train_state", "step_items", "train_manager"]
+
+
+RUN_DIR = "checkpoints"  # a training run's checkpoints: WORKDIR/checkpoints/
+
+
+def run_directory(workdir: str) -> str:
+    """The CheckpointManager directory of the training run in `workdir`."""
+    return os.path.join(workdir, RUN_DIR)
 
 
 def _abs(directory: str) -> str:
@@ -186,7 +195,7 @@ def restore_train_state(
     names = [k for k, v in abstract_state.items() if k != "step" and v is not None]
     missing = [n for n in names if n not in have]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"{mngr.directory}/{step}: checkpoint lacks {missing}; it was written with a "
             "different configuration (train.ema, vae_train.gan_weight?)"
         )
@@ -248,7 +257,7 @@ def find_directory(path: str | os.PathLike) -> str:
         raise FileNotFoundError(2, "no such checkpoint or workdir", path)
     if not os.path.isdir(path):
         raise CheckpointError(path, "expected a checkpoint directory or a workdir")
-    sub = os.path.join(path, "checkpoints")
+    sub = run_directory(path)
     if os.path.isdir(sub) and _steps(sub):
         return sub
     if _steps(path):

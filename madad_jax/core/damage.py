@@ -22,12 +22,13 @@ from typing import Any, TypeVar
 
 import orbax.checkpoint as ocp
 
+from madad_jax.core.errors import InputError
 from madad_jax.core.iterator_state import iter_file
 
 T = TypeVar("T")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A path that holds no usable checkpoint, with the reason ("PATH: PROBLEM")."""
 
     def __init__(self, path: str, problem: str):

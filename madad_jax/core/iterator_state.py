@@ -22,6 +22,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from madad_jax.core.errors import InputError
+
 
 class IteratorStateHandler(ocp.CheckpointHandler):
     """Saves a data iterator state captured by the caller (JSON text), one file per process."""
@@ -33,7 +35,7 @@ class IteratorStateHandler(ocp.CheckpointHandler):
         path = directory / iter_file()
         if not path.exists():
             found = sorted(p.name for p in directory.iterdir())
-            raise ValueError(
+            raise InputError(
                 f"{path}: no data iterator state for this process (found {found}); resume "
                 "with the same number of processes that wrote the checkpoint"
             )

@@ -56,6 +56,7 @@ import nibabel as nib
 import numpy as np
 
 from madad_jax.core import files
+from madad_jax.core.errors import InputError
 from madad_jax.data import nifti, preprocess
 from madad_jax.data.errors import BadInputError
 from madad_jax.evaluation import domain, figures
@@ -119,7 +120,7 @@ def resolve_geometry(requested: str, dom: domain.TrainingDomain) -> str:
     """`predict.geometry`, with `auto` made concrete: `mni_grid` for a model trained on an
     MNI-space grid (demo), else the fit recorded in its training manifest, else `pad`."""
     if requested not in GEOMETRIES:
-        raise ValueError(f"predict.geometry must be one of {GEOMETRIES}, got {requested!r}")
+        raise InputError(f"predict.geometry must be one of {GEOMETRIES}, got {requested!r}")
     if requested != "auto":
         return requested
     if dom.mni and dom.has_grid:
@@ -327,7 +328,7 @@ def run(config, workdir: str) -> dict[str, str]:
     """Predict `config.predict.input`; returns the written files by kind."""
     p = config.predict
     if not p.input:
-        raise ValueError("predict mode needs --config.predict.input=SCAN.nii.gz")
+        raise InputError("predict mode needs --config.predict.input=SCAN.nii.gz")
     out_dir = _output_dir(config, workdir)
     stem = scan_stem(p.input)
     subject = nifti.load_subject(stem, p.input, p.brainmask or None, p.segmentation or None)

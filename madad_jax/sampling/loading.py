@@ -14,6 +14,7 @@ from etils import epath
 
 from madad_jax.config import default_config
 from madad_jax.core import checkpoint as ckpt
+from madad_jax.core.errors import InputError
 from madad_jax.data.errors import BadInputError
 from madad_jax.models.arch import apply_arch, tuplify
 
@@ -63,7 +64,7 @@ def run_checkpoint(config, workdir: str) -> str:
         return config.checkpoint
     which = config.evaluate.checkpoint
     if which not in RUN_CHECKPOINTS:
-        raise ValueError(f"evaluate.checkpoint must be one of {tuple(RUN_CHECKPOINTS)}, "
+        raise InputError(f"evaluate.checkpoint must be one of {tuple(RUN_CHECKPOINTS)}, "
                          f"not {which!r}")
     path = os.path.join(workdir, RUN_CHECKPOINTS[which]) if RUN_CHECKPOINTS[which] else workdir
     if which != "latest" and not epath.Path(path).exists():

@@ -21,6 +21,7 @@ import numpy as np
 from madad_jax.core import checkpoint as ckpt
 from madad_jax.core import damage
 from madad_jax.core import mesh as mesh_lib
+from madad_jax.core.errors import MadadError
 from madad_jax.training.logger import Logger
 
 State = dict[str, Any]
@@ -129,7 +130,7 @@ class LoopSettings:
         return done > self.val_after and done % every == self.val_after % every
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(MadadError, RuntimeError):
     """The loss or the gradients became NaN/Inf; nothing after the last good step is saved."""
 
 
@@ -180,29 +181,12 @@ def fit(
     """
     s, name, ckpt_dir = settings, settings.name, settings.ckpt_dir
     mngr = ckpt.train_manager(ckpt_dir, s.keep)
-    try:
-        found = ckpt.restore_newest(mngr, task.abstract, s.resume_from_damaged == "previous")
-    except BaseException:
-        _close_quietly(mngr)
-        raise
-    latest = None if found is None else found[0]
-    if found is not None:
-        _, state, data_state = found
-        state["step"] = jax.device_put(jnp.asarray(state["step"], jnp.int32),
-                                       task.shardings["step"])
-        if data_state is not None and hasattr(batches, "set_state"):
-            batches.set_state(data_state)
-        start = latest
-    else:
-        state = task.init()
-        start = 0
+    state, latest = _resume(task, mngr, batches, s)
+    start = 0 if latest is None else latest
     log = Logger(workdir, start, s.num_steps, s.batch_size, name=name)
     if latest is not None:
         log.message(f"[{name}] resuming from {ckpt_dir} at step {latest}")
-    copies = {}
-    if val_batches:
-        copies = {d: (metric, ckpt.best_manager(os.path.join(workdir, d)))
-                  for d, metric in task.best_copies}
+    copies = _best_copies(task, workdir) if val_batches else {}
     best = {d: float(ckpt.best_metrics(m).get(metric, math.inf))
             for d, (metric, m) in copies.items()}
     log_every, checkpoint_every = max(s.log_every, 1), max(s.checkpoint_every, 1)
@@ -231,15 +215,7 @@ def fit(
                                       logged)
                 last_good = done
             if copies and s.validates_at(done):
-                vm = task.validate(state, val_batches() if callable(val_batches)
-                                   else val_batches)
-                log.scalars(done, vm, prefix=f"{name}_val")
-                for d, (metric, m) in copies.items():
-                    if vm[metric] < best[d]:
-                        best[d] = vm[metric]
-                        ckpt.save_best(m, done, task.best_params(state), arch, vm)
-                        log.message(f"[{name}] step {done}: best {metric} "
-                                    f"{vm[metric]:.5g} -> {os.path.join(workdir, d)}")
+                _validate(task, state, done, val_batches, copies, best, arch, log, workdir)
             log.step(done)
         if start >= s.num_steps:
             log.message(f"[{name}] {ckpt_dir} already holds step {start} >= {s.num_steps} steps")
@@ -258,6 +234,46 @@ def fit(
                 raise os_err from err
         raise
     return state
+
+
+def _resume(task: Task, mngr, batches: Iterator[Batch],
+            s: LoopSettings) -> tuple[State, int | None]:
+    """`(state, step)` of the newest checkpoint, the data iterator set to its position; a
+    fresh state and None when there is none."""
+    try:
+        found = ckpt.restore_newest(mngr, task.abstract, s.resume_from_damaged == "previous")
+    except BaseException:
+        _close_quietly(mngr)
+        raise
+    if found is None:
+        return task.init(), None
+    latest, state, data_state = found
+    state["step"] = jax.device_put(jnp.asarray(state["step"], jnp.int32),
+                                   task.shardings["step"])
+    if data_state is not None and hasattr(batches, "set_state"):
+        batches.set_state(data_state)
+    return state, latest
+
+
+def _best_copies(task: Task, workdir: str) -> dict[str, tuple[str, Any]]:
+    """`{directory: (metric, manager)}`: one best-validation copy per `task.best_copies`."""
+    return {d: (metric, ckpt.best_manager(os.path.join(workdir, d)))
+            for d, metric in task.best_copies}
+
+
+def _validate(task: Task, state: State, done: int, val_batches: ValBatches,
+              copies: dict[str, tuple[str, Any]], best: dict[str, float],
+              arch: dict[str, Any], log: Logger, workdir: str) -> None:
+    """Validate after step `done`; replace each best copy whose metric improved."""
+    name = log.name
+    vm = task.validate(state, val_batches() if callable(val_batches) else val_batches)
+    log.scalars(done, vm, prefix=f"{name}_val")
+    for d, (metric, m) in copies.items():
+        if vm[metric] < best[d]:
+            best[d] = vm[metric]
+            ckpt.save_best(m, done, task.best_params(state), arch, vm)
+            log.message(f"[{name}] step {done}: best {metric} "
+                        f"{vm[metric]:.5g} -> {os.path.join(workdir, d)}")
 
 
 def _close_quietly(closable) -> None:
