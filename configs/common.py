@@ -2,7 +2,7 @@
 
 The config files import this module as `configs.common` (run from the repository root), as
 big_vision's configs share `configs/common.py`. The defaults themselves stay in
-`madad_jax/config.py`, where every key is declared once.
+`madad_jax/config/defaults.py`, where every key is declared once.
 """
 
 import ml_collections

@@ -21,6 +21,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from madad_jax.config import MODES, validate
+from madad_jax.core.errors import MadadError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a configs/*.py file defining get_config().", lock_config=True
@@ -32,20 +33,10 @@ __all__ = ["MODES", "main", "run"]
 
 
 def bad_input_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions reported in one line: unusable input, or a diverged training run."""
-    # OSError: a full disk, a read-only file system, a workdir that is a file, ...
-    errors: list[type[BaseException]] = [OSError, ValueError]
-    for module, name in (
-        ("madad_jax.data.errors", "BadInputError"),
-        ("madad_jax.training.loop", "TrainingDiverged"),
-    ):
-        try:
-            cls = getattr(importlib.import_module(module), name, None)
-        except ImportError:
-            continue
-        if isinstance(cls, type) and issubclass(cls, BaseException):
-            errors.append(cls)
-    return tuple(errors)
+    """Exceptions reported in one line: the project's own (unusable input, a diverged run;
+    `madad_jax.core.errors`) and OSError (a full disk, a read-only file system, a workdir
+    that is a file, ...). Anything else is a bug and keeps its traceback."""
+    return (OSError, MadadError)
 
 
 def describe(err: BaseException) -> str:
@@ -78,8 +69,7 @@ def multihost_requested(config) -> bool:
         return True
     if choice in ("off", "false", "0", "no"):
         return False
-    if choice != "auto":
-        raise ValueError(f"distributed.initialize must be auto | on | off, not {choice!r}")
+    # auto (validate, run right after, rejects any other value)
     if d.coordinator_address:
         return True
     if os.environ.get("JAX_COORDINATOR_ADDRESS"):
@@ -110,11 +100,9 @@ def initialize_distributed(config) -> bool:
 
 
 def run(config, workdir: str) -> None:
-    mode = config.mode
-    if mode not in MODES:
-        raise ValueError(f"config.mode must be one of {MODES}, not {mode!r}")
+    """Run `config.mode` (a validated config) under the workdir's lock."""
     with _workdir_lock(config, workdir):
-        _run_mode(config, workdir, mode)
+        _run_mode(config, workdir, config.mode)
 
 
 def _workdir_lock(config, workdir: str):
@@ -128,7 +116,7 @@ def _workdir_lock(config, workdir: str):
 
 def _run_mode(config, workdir: str, mode: str) -> None:
     if mode in ("train", "train_and_evaluate"):
-        importlib.import_module("madad_jax.training.run").run(config, workdir)
+        importlib.import_module("madad_jax.training.run").train(config, workdir)
     if mode in ("evaluate", "train_and_evaluate"):
         importlib.import_module("madad_jax.evaluation.evaluate").run(config, workdir)
     if mode == "predict":

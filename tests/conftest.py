@@ -15,10 +15,24 @@ FIXTURES = Path(
 CASE = FIXTURES / "unet_mc32_img64"
 
 
+def on_ci() -> bool:
+    """Whether this run is CI's (`CI=true`, as .ci/run and most CI services set it)."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def require_fixture(path: Path, what: str = "parity fixtures") -> None:
+    """Skip a test whose fixture is missing; under CI, fail instead, so that a green CI
+    never hides an unchecked parity table."""
+    if not path.exists():
+        message = f"{what} not found at {path}"
+        if on_ci():
+            pytest.fail(f"{message} (CI=true: a missing fixture fails the run)")
+        pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def case_dir() -> Path:
-    if not CASE.exists():
-        pytest.skip(f"parity fixtures not found at {CASE}")
+    require_fixture(CASE)
     return CASE
 
 

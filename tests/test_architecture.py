@@ -131,3 +131,51 @@ def test_the_check_sees_an_upward_import(tmp_path):
     deps = _imports(src, "madad_jax.data.probe")
     assert {"madad_jax.evaluation.metrics", "madad_jax.data.sources"} <= deps
     assert RANK[_stage("madad_jax.evaluation.metrics")] > RANK[_stage("madad_jax.data.probe")]
+
+
+# --- Size: no module over MAX_MODULE_LINES and no function over MAX_FUNCTION_LINES. ---
+
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 80
+# The exceptions, each with the reason it stays (ARCHITECTURE.md repeats them).
+OVERSIZE: dict[str, str] = {
+    "madad_jax/evaluation/volume_metrics.py": "the per-volume protocol of Behrendt et al. in "
+                                              "one place; evaluation is changing on main",
+    "madad_jax/evaluation/evaluate.py::run": "the protocols' wiring; evaluation is changing "
+                                             "on main (issue 20)",
+}
+
+
+def oversize(path: Path, text: str) -> list[tuple[str, int]]:
+    """`(name, lines)` of `path` itself and of each function in it over the limits."""
+    rel = path.as_posix()
+    out = []
+    lines = len(text.splitlines())
+    if lines > MAX_MODULE_LINES:
+        out.append((rel, lines))
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            n = node.end_lineno - node.lineno + 1
+            if n > MAX_FUNCTION_LINES:
+                out.append((f"{rel}::{node.name}", n))
+    return out
+
+
+def test_no_module_or_function_is_too_long():
+    root = PKG.parent
+    found = [(name, n) for p in sorted(PKG.rglob("*.py"))
+             for name, n in oversize(p.relative_to(root), p.read_text())]
+    over = [f"{name}: {n} lines" for name, n in found if name not in OVERSIZE]
+    assert not over, (f"over {MAX_MODULE_LINES} lines a module or {MAX_FUNCTION_LINES} a "
+                      "function (split it, or add it to OVERSIZE with the reason):\n"
+                      + "\n".join(over))
+    stale = sorted(set(OVERSIZE) - {name for name, _ in found})
+    assert not stale, f"no longer oversize, remove from OVERSIZE: {stale}"
+
+
+def test_the_size_check_finds_a_long_function():
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    assert oversize(Path("m.py"), f"def f():\n{body}\n") == [("m.py::f", MAX_FUNCTION_LINES + 1)]
+    assert oversize(Path("m.py"), "x = 1\n" * (MAX_MODULE_LINES + 1)) == [
+        ("m.py", MAX_MODULE_LINES + 1)]
+    assert oversize(Path("m.py"), "def f():\n    pass\n") == []

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, require_fixture
 
 from madad_jax.data import augment, pipeline
 from madad_jax.data.augment import AugmentOptions, augment_slice
@@ -12,8 +12,7 @@ AUGMENT = FIXTURES / "train_step_mc32_img64" / "augment.npz"
 
 @pytest.fixture(scope="module")
 def rec():
-    if not AUGMENT.exists():
-        pytest.skip(f"parity fixtures not found at {AUGMENT}")
+    require_fixture(AUGMENT)
     return dict(np.load(AUGMENT))
 
 

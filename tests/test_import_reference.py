@@ -17,6 +17,7 @@ from madad_jax.config import default_config
 from madad_jax.core import checkpoint
 from madad_jax.interop import import_reference, torch_pickle
 from madad_jax.models import build_denoiser, build_vae
+from madad_jax.models.arch import apply_arch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -84,7 +85,7 @@ def test_cli_imports_both_formats_identically_and_checkpoints_reload(case_dir, t
 
     # The stored arch rebuilds exactly these shapes through the shared config.
     config = default_config()
-    checkpoint.apply_arch(config, arch_pt)
+    apply_arch(config, arch_pt)
     assert config.image_size == 64 and config.model.unet.model_channels == 32
     assert config.model.unet.dropout == 0.4 and config.vae.num_res_blocks == 1
     s = config.image_size // 2 ** (len(config.vae.ch_mult) - 1)

@@ -6,9 +6,9 @@ import numpy as np
 from data_helpers import tiny_vae_slices
 
 from madad_jax.config import default_config
-from madad_jax.core import checkpoint
 from madad_jax.data import pipeline
 from madad_jax.diffusion import latent_norm as latents
+from madad_jax.models.arch import apply_arch, arch_from_config
 from madad_jax.training import denoiser as denoiser_task
 from madad_jax.training import plan
 from madad_jax.training.latent_cache import build_latent_cache
@@ -48,10 +48,10 @@ def test_stats_and_whitening_from_cache(tmp_path):
     np.testing.assert_allclose(back, cells, atol=1e-4)
 
     # The whitening travels with a checkpoint's arch, and a loaded config uses it.
-    arch = checkpoint.arch_from_config(c)
+    arch = arch_from_config(c)
     d = default_config()
     assert latents.LatentNorm.from_config(d).matrix is None
-    checkpoint.apply_arch(d, arch)
+    apply_arch(d, arch)
     np.testing.assert_allclose(latents.LatentNorm.from_config(d).matrix, norm.matrix)
 
 

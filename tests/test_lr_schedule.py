@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, require_fixture
 
 from madad_jax.config import default_config
 from madad_jax.training import optimizer
@@ -14,8 +14,7 @@ SCHEDULES = FIXTURES / "train_step_mc32_img64" / "lr_schedule.json"
 
 @pytest.fixture(scope="module")
 def recorded():
-    if not SCHEDULES.exists():
-        pytest.skip(f"parity fixtures not found at {SCHEDULES}")
+    require_fixture(SCHEDULES)
     return json.loads(SCHEDULES.read_text())
 
 

@@ -10,9 +10,9 @@ import pytest
 from safetensors.numpy import load_file
 
 from madad_jax.config import default_config
-from madad_jax.core import checkpoint
 from madad_jax.interop.import_reference import arch_from_reference, convert_unet, convert_vae
 from madad_jax.models import AutoencoderKL, build_denoiser, build_vae, sample_posterior
+from madad_jax.models.arch import apply_arch
 from madad_jax.models.layers import (
     attention_impl,
     multihead_attention,
@@ -35,7 +35,7 @@ def nchw(a):
 def case(case_dir):
     arch = arch_from_reference(json.loads((case_dir / "case.json").read_text()))
     config = default_config()
-    checkpoint.apply_arch(config, arch)
+    apply_arch(config, arch)
     params = {
         "denoiser": convert_unet(load_file(case_dir / "unet.safetensors"),
                                  arch["model"]["unet"]),

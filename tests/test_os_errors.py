@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from madad_jax.core import checkpoint, files
+from madad_jax.core import damage, files
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -155,7 +155,7 @@ def test_check_writable(tmp_path, monkeypatch):
 
 def test_save_errors_wrapped_by_orbax_become_os_errors(tmp_path):
     wrapped = RuntimeError("Error writing local file: [OS error: No space left on device]")
-    err = checkpoint.os_error_of(wrapped, str(tmp_path))
+    err = damage.os_error_of(wrapped, str(tmp_path))
     assert err.errno == errno.ENOSPC and err.filename == str(tmp_path)
     try:
         try:
@@ -163,15 +163,15 @@ def test_save_errors_wrapped_by_orbax_become_os_errors(tmp_path):
         except OSError as inner:
             raise ValueError("save failed") from inner
     except ValueError as outer:
-        err = checkpoint.os_error_of(outer, str(tmp_path))
+        err = damage.os_error_of(outer, str(tmp_path))
     assert err.errno == errno.EROFS and err.filename == "/x/1"
-    assert checkpoint.os_error_of(ValueError("bad shape"), str(tmp_path)) is None
+    assert damage.os_error_of(ValueError("bad shape"), str(tmp_path)) is None
 
 
 def test_failed_save_tmp_dirs_are_removed(tmp_path):
     (tmp_path / "4.orbax-checkpoint-tmp-123").mkdir()
     (tmp_path / "2").mkdir()
-    checkpoint.remove_tmp_dirs(str(tmp_path))
+    damage.remove_tmp_dirs(str(tmp_path))
     assert os.listdir(tmp_path) == ["2"]
 
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from madad_jax.config import default_config
-from madad_jax.core import checkpoint
 from madad_jax.diffusion import sampler
 from madad_jax.evaluation import metrics
 from madad_jax.interop import import_reference
 from madad_jax.models import build_denoiser, build_vae
+from madad_jax.models.arch import apply_arch
 from madad_jax.sampling import anomaly
 
 STEPS = (10, 5, 2)
@@ -27,7 +27,7 @@ def ref(case_dir):
     case = json.loads((case_dir / "case.json").read_text())
     arch = import_reference.arch_from_reference(case)
     cfg = default_config()
-    checkpoint.apply_arch(cfg, arch)
+    apply_arch(cfg, arch)
     sd_unet = import_reference.load_state_dict(str(case_dir / "unet.safetensors"))
     sd_vae = import_reference.load_state_dict(str(case_dir / "vae.safetensors"))
     params = {

@@ -14,10 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, require_fixture
 
 from madad_jax.config import default_config
-from madad_jax.core import checkpoint
 from madad_jax.diffusion import loss as dloss
 from madad_jax.diffusion.masks import exclude_outside_brain, patch_grid_mask
 from madad_jax.interop.import_reference import (
@@ -27,6 +26,7 @@ from madad_jax.interop.import_reference import (
     load_state_dict,
 )
 from madad_jax.models import AutoencoderKL, build_denoiser, build_vae
+from madad_jax.models.arch import apply_arch
 from madad_jax.training.optimizer import make_optimizer
 
 CASE = Path(os.environ.get("MADAD_TRAIN_PARITY_CASE", FIXTURES / "train_step_mc32_img64"))
@@ -52,15 +52,14 @@ def _by_prefix(rec, prefix):
 
 @pytest.fixture(scope="module")
 def case():
-    if not (CASE / "case.json").exists():
-        pytest.skip(f"training-step fixture not found at {CASE}")
+    require_fixture(CASE / "case.json", "training-step fixture")
     meta = json.loads((CASE / "case.json").read_text())
     rec = dict(np.load(CASE / "train_step.npz"))
     weights = CASE / meta.get("weights_from", ".")
     ref = dict(meta, unet=dict(meta["unet"], dropout=0.0))
     arch = arch_from_reference(ref)
     config = default_config()
-    checkpoint.apply_arch(config, arch)
+    apply_arch(config, arch)
     assert config.model.name == "unet" and config.model.unet.dropout == 0.0
     # The reference's mask term: MSE x 0.001.
     assert (config.diffusion.mask_loss, config.diffusion.mask_loss_weight) == ("mse", 0.001)

@@ -17,7 +17,7 @@ from madad_jax.models import build_denoiser
 from madad_jax.models.adapters import denoiser_fn
 from madad_jax.sampling import loading
 from madad_jax.training.optimizer import reference_epoch_lr
-from madad_jax.training.run import run
+from madad_jax.training.run import train as run
 
 
 def _setup():

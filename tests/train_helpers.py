@@ -93,7 +93,8 @@ def random_vae_params(config, seed: int = 1):
 def save_vae(config, directory: str, seed: int = 1) -> str:
     """A random VAE saved as a params+arch checkpoint (what `vae_train.checkpoint` reads)."""
     from madad_jax.core import checkpoint
+    from madad_jax.models.arch import arch_from_config
 
     params = random_vae_params(config, seed)
-    checkpoint.save_params(directory, {"vae": params}, checkpoint.arch_from_config(config))
+    checkpoint.save_params(directory, {"vae": params}, arch_from_config(config))
     return directory

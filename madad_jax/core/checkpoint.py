@@ -6,26 +6,20 @@ the items `params` (a pytree `{"vae": ..., "denoiser": ...}`) and `arch` (JSON: 
 Training checkpoints add their own items (optimizer state, EMA, data iterator, ...) beside these.
 
 The API, by use:
-- architecture: `arch_from_config`, `apply_arch`, `load_arch`;
+- architecture: `load_arch` (building and applying one: `madad_jax.models.arch`);
 - params-only checkpoints: `save_params`, `load_params`, `latest_step`;
 - training state: `train_manager`, `save_train_state`, `restore_train_state`, `step_items`;
 - inference: `find_directory`, `restore_inference` (params, arch, run config, EMA weights);
 - the best-validation copy: `best_manager`, `save_best`, `best_loss`.
+
+What goes wrong (damaged steps, OS errors, Orbax's stray output) is `core.damage`; the data
+iterator's item is `core.iterator_state`.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import dataclasses
-import errno
-import gc
-import json
 import math
 import os
-import shutil
-import sys
-import time
 from typing import Any, NamedTuple
 
 import jax
@@ -33,32 +27,34 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from madad_jax.core.damage import (
+    CheckpointError,
+    DamagedCheckpoint,
+    newest_readable,
+    restore_items,
+)
+from madad_jax.core.errors import InputError
 from madad_jax.core.files import to_json
+from madad_jax.core.iterator_state import (
+    IteratorStateRestore,
+    IteratorStateSave,
+    decode_iterator_state,
+    encode_iterator_state,
+)
 
-ARCH_KEYS = ("image_size", "latent_scale", "latent_whitening", "vae", "model")
+__all__ = ["RUN_DIR", "CheckpointError", "DamagedCheckpoint", "Restored", "best_loss",
+           "best_manager", "best_metrics", "check_finite", "find_directory", "latest_step",
+           "load_arch", "load_params", "manager", "restore_inference", "restore_items",
+           "restore_newest", "restore_train_state", "run_directory", "save_best", "save_params",
+           "save_train_state", "step_items", "train_manager"]
 
 
-def arch_from_config(config) -> dict[str, Any]:
-    """The part of a config that fixes the parameter shapes, as plain JSON."""
-    out = {}
-    for k in ARCH_KEYS:
-        v = config.get(k)
-        if v is None:
-            continue
-        out[k] = v.to_dict() if hasattr(v, "to_dict") else v
-    return to_json(out)
+RUN_DIR = "checkpoints"  # a training run's checkpoints: WORKDIR/checkpoints/
 
 
-def apply_arch(config, arch: dict[str, Any]) -> None:
-    """Overwrite `config`'s architecture keys in place with those stored in a checkpoint."""
-    with config.unlocked():
-        for k in ARCH_KEYS:
-            if k not in arch:
-                continue
-            if isinstance(arch[k], dict) and k in config:
-                config[k].update(tuplify(arch[k]))
-            else:
-                config[k] = arch[k]
+def run_directory(workdir: str) -> str:
+    """The CheckpointManager directory of the training run in `workdir`."""
+    return os.path.join(workdir, RUN_DIR)
 
 
 def _abs(directory: str) -> str:
@@ -116,96 +112,10 @@ def _restore(directory: str, step: int | None, **items) -> tuple[int, Any]:
         return step, restore_items(mngr, step, items)
 
 
-def restore_items(mngr: ocp.CheckpointManager, step: int, items: dict[str, Any]) -> Any:
-    """`mngr.restore` of the Composite `items` at `step`; a step that fails to read raises
-    DamagedCheckpoint naming the step directory, the item and its file."""
-    # Orbax's background threads print their own tracebacks of a failed read: keep them off
-    # stderr, the raised error says it all.
-    with quiet_stderr():
-        try:
-            return mngr.restore(step, args=ocp.args.Composite(**items))
-        except Exception as err:  # orbax and tensorstore raise many types for damaged files
-            first = err
-        # Read the items one by one to name the one that fails.
-        for name, arg in items.items():
-            try:
-                mngr.restore(step, args=ocp.args.Composite(**{name: arg}))
-            except Exception as err:  # noqa: BLE001 - reported as the damaged item
-                settle()
-                raise DamagedCheckpoint(mngr.directory, step, name, err) from err
-        settle()
-    raise DamagedCheckpoint(mngr.directory, step, None, first) from first
-
-
-def settle(seconds: float = 0.5) -> None:
-    """Let a failed read's pending callbacks and coroutines finish (call it while stderr is
-    quiet: they report the same failure again, from other threads)."""
-    gc.collect()
-    time.sleep(seconds)
-    gc.collect()
-
-
-@contextlib.contextmanager
-def quiet_stderr():
-    """File descriptor 2 (every thread's stderr) to /dev/null while inside."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 2)
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
-
-
-TMP_MARK = ".orbax-checkpoint-tmp"
-
-
-def remove_tmp_dirs(directory: str) -> None:
-    """Remove the temporary step directories a failed or interrupted save left behind."""
-    if "://" in directory or not os.path.isdir(directory):
-        return
-    for name in os.listdir(directory):
-        if TMP_MARK in name:
-            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
-
-
-_OS_MESSAGES = {errno.ENOSPC: "No space left on device", errno.EROFS: "Read-only file system",
-                errno.EDQUOT: "Disk quota exceeded"}
-
-
-def os_error_of(err: BaseException, directory: str) -> OSError | None:
-    """The OS error behind a failed checkpoint save (Orbax and TensorStore wrap it in their
-    own exception types, or only in the message), as an OSError naming `directory`."""
-    seen: set[int] = set()
-    e: BaseException | None = err
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno is not None:
-            return type(e)(e.errno, e.strerror or str(e), e.filename or directory)
-        text = str(e)
-        for code, message in _OS_MESSAGES.items():
-            if message.lower() in text.lower():
-                return OSError(code, message, directory)
-        e = e.__cause__ or e.__context__
-    return None
-
-
 def _require_dir(directory: str) -> None:
     # Reading must not create the directory (the manager would).
     if not epath.Path(_abs(directory)).is_dir():
         raise FileNotFoundError(f"{directory}: no such checkpoint directory")
-
-
-def tuplify(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: tuplify(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return tuple(tuplify(v) for v in x)
-    return x
 
 
 # ------------------------------------------------------------------- training checkpoints
@@ -218,55 +128,6 @@ def tuplify(x: Any) -> Any:
 #   data_iter  one JSON file per process: the data iterator's position
 #   config     the full run config (JSON)
 #   metrics    the last logged training metrics (JSON)
-
-
-class IteratorStateHandler(ocp.CheckpointHandler):
-    """Saves a data iterator state captured by the caller, one file per process.
-
-    Unlike grain's own handler, the state is taken synchronously by the training loop before
-    the save starts, so an async save can never record a later iterator position.
-    """
-
-    def save(self, directory, args: IteratorStateSave):
-        directory.joinpath(_iter_file()).write_text(args.state)
-
-    def restore(self, directory, args: IteratorStateRestore | None = None) -> str:
-        path = directory / _iter_file()
-        if not path.exists():
-            found = sorted(p.name for p in directory.iterdir())
-            raise ValueError(
-                f"{path}: no data iterator state for this process (found {found}); resume "
-                "with the same number of processes that wrote the checkpoint"
-            )
-        return path.read_text()
-
-    def metadata(self, directory):
-        return None
-
-    def structure(self, directory):
-        return None
-
-    def finalize(self, directory):
-        pass
-
-    def close(self):
-        pass
-
-
-def _iter_file() -> str:
-    return f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-
-
-@ocp.args.register_with_handler(IteratorStateHandler, for_save=True)
-@dataclasses.dataclass
-class IteratorStateSave(ocp.args.CheckpointArgs):
-    state: str
-
-
-@ocp.args.register_with_handler(IteratorStateHandler, for_restore=True)
-@dataclasses.dataclass
-class IteratorStateRestore(ocp.args.CheckpointArgs):
-    pass
 
 
 def train_manager(directory: str, keep: int | None, async_save: bool = True):
@@ -282,20 +143,6 @@ def train_manager(directory: str, keep: int | None, async_save: bool = True):
         enable_async_checkpointing=async_save,
     )
     return ocp.CheckpointManager(_abs(directory), options=options)
-
-
-def encode_iterator_state(state: Any) -> str:
-    """JSON text for a grain iterator state (a dict for datasets, bytes for DataLoader)."""
-    if isinstance(state, bytes):
-        return json.dumps({"bytes_b64": base64.b64encode(state).decode("ascii")})
-    return json.dumps({"json": state})
-
-
-def decode_iterator_state(text: str) -> Any:
-    obj = json.loads(text)
-    if "bytes_b64" in obj:
-        return base64.b64decode(obj["bytes_b64"])
-    return obj["json"]
 
 
 def save_train_state(
@@ -348,7 +195,7 @@ def restore_train_state(
     names = [k for k, v in abstract_state.items() if k != "step" and v is not None]
     missing = [n for n in names if n not in have]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"{mngr.directory}/{step}: checkpoint lacks {missing}; it was written with a "
             "different configuration (train.ema, vae_train.gan_weight?)"
         )
@@ -375,91 +222,20 @@ def restore_train_state(
 
 def restore_newest(mngr: ocp.CheckpointManager, abstract_state: dict[str, Any],
                    fallback: bool = False) -> tuple[int, dict[str, Any], Any] | None:
-    """`(step, state, data state)` of the newest step, or None when there is none.
-
-    A damaged newest step raises DamagedCheckpoint; with `fallback` the newest step that
-    restores is used instead, after one note line on stderr per damaged step. A damaged step
-    is never deleted: it is renamed `N.damaged` beside the others (Orbax ignores that name)
-    so that the resumed run can write step N again.
-    """
-    steps = sorted(mngr.all_steps(), reverse=True)
-    damaged: list[tuple[str, str]] = []  # (step directory, problem): not the exceptions,
-    for step in steps:                   # whose frames would keep failed reads alive
-        try:
-            state, data_state = restore_train_state(mngr, step, abstract_state)
-        except DamagedCheckpoint as err:
-            if not fallback:
-                raise
-            damaged.append((err.path, err.problem))
-            continue
-        if damaged:
-            with quiet_stderr():  # the failed reads' coroutines report once more when freed
-                settle(0.1)
-        for path, problem in damaged:
-            moved = _set_aside(path)
-            print(f"note: {path}: {problem}; resuming from step {step} (train.resume_from_damaged="
-                  f"previous); the damaged step is kept as {moved}", file=sys.stderr,
-                  flush=True)
-        if damaged:
-            mngr.reload()
-        return step, state, data_state
-    if damaged:
-        raise DamagedCheckpoint.from_message(*damaged[0])
-    return None
-
-
-def _set_aside(step_dir: str) -> str:
-    target = f"{step_dir}.damaged"
-    n = 1
-    while os.path.exists(target):
-        n += 1
-        target = f"{step_dir}.damaged{n}"
-    os.rename(step_dir, target)
-    return target
+    """`(step, state, data state)` of the newest step, or None when there is none; a damaged
+    step raises DamagedCheckpoint, or with `fallback` is set aside (`damage.newest_readable`)."""
+    found = newest_readable(sorted(mngr.all_steps(), reverse=True),
+                            lambda step: restore_train_state(mngr, step, abstract_state),
+                            fallback)
+    if found is None:
+        return None
+    step, (state, data_state), set_aside = found
+    if set_aside:
+        mngr.reload()
+    return step, state, data_state
 
 
 # -------------------------------------------------------------------------- inference
-
-
-class CheckpointError(ValueError):
-    """A path that holds no usable checkpoint, with the reason ("PATH: PROBLEM")."""
-
-    def __init__(self, path: str, problem: str):
-        self.path, self.problem = path, " ".join(str(problem).split())
-        super().__init__(f"{path}: {self.problem}")
-
-
-class DamagedCheckpoint(CheckpointError):
-    """A checkpoint step that exists but fails to read: "STEP_DIR: checkpoint step N is
-    damaged (item 'ITEM', FILE: ERROR)"."""
-
-    def __init__(self, directory: str | os.PathLike, step: int, item: str | None,
-                 err: BaseException):
-        self.step, self.item = int(step), item
-        step_dir = os.path.join(os.fspath(directory), str(step))
-        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-        reason = f"{type(err).__name__}: {lines[0] if lines else ''}"
-        if len(reason) > 300:
-            reason = reason[:297] + "..."
-        where = f"item '{item}', {_item_file(step_dir, item)}: " if item else ""
-        super().__init__(step_dir, f"checkpoint step {step} is damaged ({where}{reason})")
-
-    @classmethod
-    def from_message(cls, path: str, problem: str) -> DamagedCheckpoint:
-        """The same error again, from its path and problem, without the original."""
-        err = cls.__new__(cls)
-        CheckpointError.__init__(err, path, problem)
-        err.step, err.item = None, None
-        return err
-
-
-def _item_file(step_dir: str, item: str) -> str:
-    """The file (or directory) that holds `item` in a step."""
-    folder = os.path.join(step_dir, item)
-    if item == "data_iter":
-        return os.path.join(folder, _iter_file())
-    meta = os.path.join(folder, "metadata")
-    return meta if os.path.isfile(meta) else folder
 
 
 class Restored(NamedTuple):
@@ -481,7 +257,7 @@ def find_directory(path: str | os.PathLike) -> str:
         raise FileNotFoundError(2, "no such checkpoint or workdir", path)
     if not os.path.isdir(path):
         raise CheckpointError(path, "expected a checkpoint directory or a workdir")
-    sub = os.path.join(path, "checkpoints")
+    sub = run_directory(path)
     if os.path.isdir(sub) and _steps(sub):
         return sub
     if _steps(path):

@@ -20,6 +20,8 @@ import time
 import uuid
 from collections.abc import Iterator
 
+from madad_jax.core.errors import InputError
+
 LOCK_NAME = ".lock"
 # A lock file that is still empty or unreadable after this long was left by a process
 # killed between creating and writing it.
@@ -27,7 +29,7 @@ _HALF_WRITTEN_S = 10.0
 _held: dict[str, int] = {}  # real path of a locked directory -> nesting depth here
 
 
-class DirectoryLocked(ValueError):
+class DirectoryLocked(InputError):
     """Another live process holds the directory. `str(err)` is one line for stderr.
 
     A ValueError so that every command's one-line error reporting already covers it.

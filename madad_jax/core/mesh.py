@@ -15,6 +15,8 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from madad_jax.core.errors import InputError
+
 BATCH_AXES = ("data", "fsdp")
 # Leaves smaller than this stay replicated under FSDP: splitting them saves nothing.
 FSDP_MIN_SIZE = 2**12
@@ -28,10 +30,10 @@ def mesh_shape(config, num_devices: int | None = None) -> tuple[int, int]:
         fsdp = n // max(data, 1) if data != -1 else n
     if data == -1:
         if fsdp < 1 or n % fsdp:
-            raise ValueError(f"mesh.fsdp={fsdp} does not divide the {n} devices")
+            raise InputError(f"mesh.fsdp={fsdp} does not divide the {n} devices")
         data = n // fsdp
     if data * fsdp != n:
-        raise ValueError(f"mesh data={data} x fsdp={fsdp} != {n} devices")
+        raise InputError(f"mesh data={data} x fsdp={fsdp} != {n} devices")
     return data, fsdp
 
 
@@ -77,7 +79,7 @@ def state_shardings(tree: Any, mesh: Mesh, param_sharding: str = "replicated") -
     their EMA copies land on the same devices.
     """
     if param_sharding not in ("replicated", "fsdp"):
-        raise ValueError(
+        raise InputError(
             f"mesh.param_sharding must be 'replicated' or 'fsdp', not {param_sharding!r}"
         )
     fsdp = mesh.shape["fsdp"] if param_sharding == "fsdp" else 1

@@ -15,10 +15,8 @@ resumes an interrupted conversion at the first unfinished shard.
 from __future__ import annotations
 
 import argparse
-import glob
 import logging
 import os
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -26,135 +24,18 @@ from typing import Any
 import numpy as np
 
 from madad_jax.core import locks
+from madad_jax.core.errors import InputError
 from madad_jax.data import png, preprocess
 from madad_jax.data.errors import BadInputError, check_policy
+from madad_jax.data.layouts import LAYOUTS, check_root, discover_nifti
 from madad_jax.data.nifti import load_subject
 from madad_jax.data.shardset import Unit, write_shard_set
 from madad_jax.data.splits import check_disjoint, load_or_make_splits, parse_fractions
 
 log = logging.getLogger("madad_jax.data")
 
-# File layouts: glob patterns relative to the input directory. `{subject}` is the subject
-# id, `{modality}` / `{modality_lower}` the modality; `*` matches within one folder level.
-LAYOUTS: dict[str, dict[str, str | None]] = {
-    # {subject}-{MODALITY}.nii.gz, {subject}-brainmask.nii.gz, {subject}-segmentation.nii.gz
-    # (the reference's PNG naming; also IXI's flat files, e.g. IXI002-Guys-0828-T1.nii.gz).
-    "flat": {
-        "image": "{subject}-{modality}.nii*",
-        "brainmask": "{subject}-brainmask.nii*",
-        "segmentation": "{subject}-segmentation.nii*",
-    },
-    # {subject}_{MODALITY}.nii.gz, {subject}_brainmask.nii.gz, {subject}_seg.nii.gz
-    # (madad_jax.data.synthetic writes these, one folder per split).
-    "synthetic": {
-        "image": "{subject}_{modality}.nii*",
-        "brainmask": "{subject}_brainmask.nii*",
-        "segmentation": "{subject}_seg.nii*",
-    },
-    # BraTS 2021: BraTS2021_00000/BraTS2021_00000_flair.nii.gz and ..._seg.nii.gz.
-    "brats": {
-        "image": "{subject}/{subject}_{modality_lower}.nii*",
-        "brainmask": None,
-        "segmentation": "{subject}/{subject}_seg.nii*",
-    },
-    # ATLAS 2.0 (BIDS, in MNI152 space): R001/sub-r001s001/ses-1/anat/...
-    "atlas": {
-        "image": "*/{subject}/ses-*/anat/{subject}_ses-*_space-MNI152NLin2009aSym_T1w.nii*",
-        "brainmask": None,
-        "segmentation": "*/{subject}/ses-*/anat/"
-        "{subject}_ses-*_space-MNI152NLin2009aSym_label-L_desc-T1lesion_mask.nii*",
-    },
-}
-
 SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_POLICIES = {"train": "healthy", "val": "healthy", "test": "all"}
-
-
-def _fill(pattern: str, modality: str | None) -> str:
-    if modality is None:
-        return pattern.replace("{modality}", "*").replace("{modality_lower}", "*")
-    return pattern.replace("{modality}", modality).replace("{modality_lower}", modality.lower())
-
-
-def _regex(pattern: str) -> re.Pattern:
-    parts, seen = [], False
-    for tok in re.split(r"(\{subject\}|\*)", pattern):
-        if tok == "{subject}":
-            parts.append("(?P=subject)" if seen else "(?P<subject>[^/]+)")
-            seen = True
-        elif tok == "*":
-            parts.append("[^/]*")
-        else:
-            parts.append(re.escape(tok))
-    return re.compile("".join(parts))
-
-
-def find_files(
-    root: str, pattern: str, modality: str | None, unique: bool = True
-) -> dict[str, str]:
-    """{subject: path} for the files under `root` matching `pattern`.
-
-    `modality=None` makes the modality a wildcard. With `unique` a subject matching two
-    files is an error; otherwise the first is kept.
-    """
-    filled = _fill(pattern, modality)
-    rx = _regex(filled)
-    out: dict[str, str] = {}
-    pattern = os.path.join(glob.escape(root), filled.replace("{subject}", "*"))
-    for path in sorted(glob.glob(pattern)):
-        m = rx.fullmatch(os.path.relpath(path, root))
-        if m is None:
-            continue
-        subject = m["subject"]
-        if subject in out:
-            if not unique:
-                continue
-            raise BadInputError(path, f"subject {subject} matches {filled} twice ({out[subject]})")
-        out[subject] = path
-    return out
-
-
-def _check_root(root: str) -> None:
-    if not os.path.exists(root):
-        raise BadInputError(root, "directory not found")
-    if not os.path.isdir(root):
-        raise BadInputError(root, "not a directory")
-    try:
-        os.listdir(root)
-    except PermissionError as err:
-        raise BadInputError(root, "directory is not readable (permission denied)") from err
-
-
-def discover_nifti(
-    root: str, modality: str, layout: Mapping[str, str | None]
-) -> list[Unit]:
-    """One unit per subject found by any of the layout's patterns (any modality)."""
-    _check_root(root)
-    images = find_files(root, layout["image"], modality)
-    subjects = set(images)
-    subjects.update(find_files(root, layout["image"], None, unique=False))
-    others: dict[str, dict[str, str]] = {}
-    for role in ("brainmask", "segmentation"):
-        if layout.get(role):
-            others[role] = find_files(root, layout[role], None)
-            subjects.update(others[role])
-    if not subjects:
-        raise BadInputError(root, f"no NIfTI files match {_fill(layout['image'], modality)}")
-    if not images:
-        pattern = _fill(layout["image"], modality)
-        raise BadInputError(root, f"no {modality} images (pattern {pattern})")
-    units = []
-    for s in sorted(subjects):
-        inputs = [("image", images.get(s) or _missing(root, layout["image"], modality, s))]
-        for role, found in others.items():
-            if found:  # a role present for some subjects is required for all
-                inputs.append((role, found.get(s) or _missing(root, layout[role], None, s)))
-        units.append(Unit(key=s, subject=s, inputs=tuple(inputs)))
-    return units
-
-
-def _missing(root: str, pattern: str, modality: str | None, subject: str) -> str:
-    return "missing:" + os.path.join(root, _fill(pattern, modality).replace("{subject}", subject))
 
 
 def _input(unit: Unit, role: str) -> str | None:
@@ -196,7 +77,7 @@ def parse_policies(text: str | Mapping[str, str]) -> dict[str, str]:
         out.update(text)
     for policy in out.values():
         if policy not in preprocess.POLICIES:
-            raise ValueError(f"slice policy must be one of {preprocess.POLICIES}, got {policy!r}")
+            raise InputError(f"slice policy must be one of {preprocess.POLICIES}, got {policy!r}")
     return out
 
 
@@ -218,7 +99,7 @@ def nifti_groups(
     """{split: subjects' units}: from split folders, one named split, or a split file."""
     root = os.fspath(input_dir)
     if split_dirs:
-        _check_root(root)
+        check_root(root)
         present = [s for s in SPLIT_NAMES if os.path.isdir(os.path.join(root, s))]
         if not present:
             raise BadInputError(root, f"none of the split folders {list(SPLIT_NAMES)} exist")
@@ -229,7 +110,7 @@ def nifti_groups(
     if split is not None:
         return {split: units}
     if split_file is None:
-        raise ValueError("give split, split_dirs or a split_file")
+        raise InputError("give split, split_dirs or a split_file")
     os.makedirs(os.path.dirname(os.path.abspath(split_file)), exist_ok=True)
     assignment = load_or_make_splits(
         split_file, [u.subject for u in units],
@@ -352,7 +233,7 @@ def convert_png(
     """
     check_policy(bad_input)
     root, out = os.fspath(root), os.fspath(output_dir)
-    _check_root(root)
+    check_root(root)
     present = [s for s in splits if os.path.exists(os.path.join(root, s))]
     if not present:
         raise BadInputError(root, f"none of the split folders {list(splits)} exist")

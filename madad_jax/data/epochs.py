@@ -18,6 +18,8 @@ from typing import Any
 import grain
 import numpy as np
 
+from madad_jax.core.errors import InputError
+
 # Decorrelates the augmentation draws from the permutation, which share the seed.
 _AUGMENT_STREAM = 1
 
@@ -25,7 +27,7 @@ _AUGMENT_STREAM = 1
 def steps_in_epoch(num_slices: int, global_batch: int) -> int:
     """ceil(num_slices / global_batch): the batches of one epoch, the last one partial."""
     if num_slices <= 0 or global_batch <= 0:
-        raise ValueError(f"need slices and a batch size, got {num_slices} and {global_batch}")
+        raise InputError(f"need slices and a batch size, got {num_slices} and {global_batch}")
     return math.ceil(num_slices / global_batch)
 
 
@@ -52,9 +54,9 @@ class ExactEpochBatches(grain.MapDataset):
     ):
         super().__init__()
         if global_batch % process_count:
-            raise ValueError(f"batch {global_batch} is not divisible by {process_count} processes")
+            raise InputError(f"batch {global_batch} is not divisible by {process_count} processes")
         if not 0 <= process_index < process_count:
-            raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+            raise InputError(f"process_index {process_index} not in [0, {process_count})")
         self._source = source
         self._n = len(source)
         self._batch = int(global_batch)

@@ -7,6 +7,8 @@ import os
 from collections.abc import Callable
 from typing import TypeVar
 
+from madad_jax.core.errors import InputError
+
 log = logging.getLogger("madad_jax.data")
 
 T = TypeVar("T")
@@ -14,7 +16,7 @@ T = TypeVar("T")
 POLICIES = ("skip", "stop")
 
 
-class BadInputError(ValueError):
+class BadInputError(InputError):
     """An input file (or directory) that cannot be used, with the reason.
 
     `str(err)` is a single line, "PATH: PROBLEM", suitable for stderr.

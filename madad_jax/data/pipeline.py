@@ -22,6 +22,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from madad_jax.core.errors import InputError
 from madad_jax.data import epochs, records
 from madad_jax.data.augment import AugmentOptions, augment_slice
 from madad_jax.data.errors import BadInputError
@@ -102,7 +103,7 @@ def _process(process_index: int | None, process_count: int | None) -> tuple[int,
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
     if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+        raise InputError(f"process_index {process_index} not in [0, {process_count})")
     return process_index, process_count
 
 
@@ -195,7 +196,7 @@ def train_dataset(
     latents = bool(d.latent_cache)
     path = d.latent_cache if latents else (d.val_path if split == "val" else d.train_path)
     if not path:
-        raise ValueError(f"config.data.{'val' if split == 'val' else 'train'}_path is empty")
+        raise InputError(f"config.data.{'val' if split == 'val' else 'train'}_path is empty")
     return batches_of(path, d, int(config.train.batch_size), split=split, latents=latents,
                       process_index=process_index, process_count=process_count,
                       exact_epochs=bool(config.train.exact_epochs))
@@ -214,7 +215,7 @@ def batches_of(
     """
     pi, pc = _process(process_index, process_count)
     if global_batch % pc:
-        raise ValueError(f"train.batch_size {global_batch} is not divisible by {pc} processes")
+        raise InputError(f"train.batch_size {global_batch} is not divisible by {pc} processes")
     d = data_cfg
     return make_dataset(
         path, global_batch // pc, split=split,

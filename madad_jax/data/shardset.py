@@ -78,6 +78,67 @@ def _damaged_shards(manifest: dict[str, Any]) -> str:
     return ""
 
 
+def _finished_shards(progress_path: str) -> dict[str, Any]:
+    """The progress entries of the shards an interrupted run finished ({} when none).
+
+    A shard's own fingerprint covers its inputs, the settings and (by its name) the shard
+    count, so finished shards are reused even if other inputs changed."""
+    if not os.path.exists(progress_path):
+        return {}
+    try:
+        return dict(records.read_json(progress_path).get("shards", {}))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+
+
+def _current_manifest(manifest_path: str, set_fp: str) -> dict[str, Any] | None:
+    """The finished set's manifest when it is up to date and undamaged; otherwise None, with
+    any old manifest removed (the old shard set is about to change)."""
+    if not os.path.exists(manifest_path):
+        return None
+    try:
+        old = records.read_manifest(manifest_path)
+    except BadInputError:
+        old = None
+    if old is not None and old.get("fingerprint") == set_fp:
+        damaged = _damaged_shards(old)
+        if not damaged:
+            log.info("%s: up to date", manifest_path)
+            return old
+        log.warning("%s: %s; converting again", manifest_path, damaged)
+    os.remove(manifest_path)
+    return None
+
+
+def _write_shard(path: str, chunk: Sequence[Unit], fp: str,
+                 make_records: Callable[[Unit], list[dict[str, Any]]], bad_input: str,
+                 bar: tqdm) -> dict[str, Any]:
+    """Write one shard of `chunk`'s records; returns its progress entry."""
+    skipped, subjects = [], set()
+    with records.ShardWriter(path) as writer:
+        for unit in chunk:
+            try:
+                rows = make_records(unit)
+            except BadInputError as err:
+                if bad_input == "stop":
+                    raise
+                log.warning("skipped %s", err)
+                skipped.append({"path": err.path, "problem": err.problem, "unit": unit.key})
+                rows = []
+            for row in rows:
+                writer.write(row)
+                subjects.add(row.get("subject", unit.subject))
+            bar.update(1)
+    return {
+        "fingerprint": fp,
+        **records.file_identity(path),
+        "num_records": writer.num_records,
+        "units": [u.key for u in chunk],
+        "subjects": sorted(subjects),
+        "skipped": skipped,
+    }
+
+
 def write_shard_set(
     units: Sequence[Unit],
     make_records: Callable[[Unit], list[dict[str, Any]]],
@@ -109,27 +170,11 @@ def write_shard_set(
 
     manifest_path = os.path.join(out_dir, records.manifest_name(split))
     progress_path = os.path.join(out_dir, progress_name(split))
-    if os.path.exists(manifest_path):
-        try:
-            old = records.read_manifest(manifest_path)
-        except BadInputError:
-            old = None
-        if old is not None and old.get("fingerprint") == set_fp:
-            damaged = _damaged_shards(old)
-            if not damaged:
-                log.info("%s: up to date", manifest_path)
-                return old
-            log.warning("%s: %s; converting again", manifest_path, damaged)
-        os.remove(manifest_path)  # the old shard set is about to change
+    current = _current_manifest(manifest_path, set_fp)
+    if current is not None:
+        return current
 
-    done: dict[str, Any] = {}
-    if os.path.exists(progress_path):
-        try:
-            # A shard's own fingerprint covers its inputs, the settings and (by its name)
-            # the shard count, so finished shards are reused even if other inputs changed.
-            done = dict(records.read_json(progress_path).get("shards", {}))
-        except (OSError, ValueError, AttributeError, TypeError):
-            done = {}
+    done = _finished_shards(progress_path)
     _clean(out_dir, split, keep=set(names))
 
     bar = tqdm(total=len(units), desc=f"{split}", unit="item", disable=not progress)
@@ -143,29 +188,7 @@ def write_shard_set(
                 continue
             log.warning("%s: finished shard no longer matches its progress entry (%s); "
                         "rewriting it", path, problem)
-        skipped, subjects = [], set()
-        with records.ShardWriter(path) as writer:
-            for unit in chunk:
-                try:
-                    rows = make_records(unit)
-                except BadInputError as err:
-                    if bad_input == "stop":
-                        raise
-                    log.warning("skipped %s", err)
-                    skipped.append({"path": err.path, "problem": err.problem, "unit": unit.key})
-                    rows = []
-                for row in rows:
-                    writer.write(row)
-                    subjects.add(row.get("subject", unit.subject))
-                bar.update(1)
-        done[name] = {
-            "fingerprint": fp,
-            **records.file_identity(path),
-            "num_records": writer.num_records,
-            "units": [u.key for u in chunk],
-            "subjects": sorted(subjects),
-            "skipped": skipped,
-        }
+        done[name] = _write_shard(path, chunk, fp, make_records, bad_input, bar)
         records.write_json_atomic(progress_path, {"fingerprint": set_fp, "shards": done})
     bar.close()
 

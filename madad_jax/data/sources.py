@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from madad_jax.core import hosts
+from madad_jax.core.errors import InputError
 
 Batch = dict[str, Any]
 KINDS = ("arrayrecord", "demo", "png")
@@ -75,16 +76,16 @@ def training_source(config, workdir: str) -> str:
     kind = config.data.kind
     if kind == "arrayrecord":
         if not config.data.train_path:
-            raise ValueError("config.data.train_path is empty (an ArrayRecord shard set from "
+            raise InputError("config.data.train_path is empty (an ArrayRecord shard set from "
                              "python -m madad_jax.data.convert)")
         return config.data.train_path
     if kind == "demo":
         return demo_shards(config, workdir)
     if kind == "png":
         if not config.data.png_root:
-            raise ValueError("config.data.png_root is empty")
+            raise InputError("config.data.png_root is empty")
         return png_shards(config, workdir)
-    raise ValueError(f"config.data.kind must be arrayrecord | demo | png, not {kind!r}")
+    raise InputError(f"config.data.kind must be arrayrecord | demo | png, not {kind!r}")
 
 
 def train_batches(config, path: str, batch_size: int, latents: bool = False,
@@ -133,7 +134,7 @@ def validation_batches(config, workdir: str) -> list[Batch] | Callable[[], Any] 
 
         return whole_split
     if config.train.validation != "batches":
-        raise ValueError(f"train.validation must be batches | reference, not "
+        raise InputError(f"train.validation must be batches | reference, not "
                          f"{config.train.validation!r}")
     if int(config.train.val_batches) <= 0:
         return None
@@ -152,7 +153,7 @@ def eval_slices(config, split: str) -> dict[str, Any] | None:
         from madad_jax.data.png import read_reference_split
 
         if not d.png_root:
-            raise ValueError("config.data.png_root is required with data.kind=png")
+            raise InputError("config.data.png_root is required with data.kind=png")
         name = (d.split or "test") if split == "test" else split
         if split != "test" and not os.path.isdir(os.path.join(d.png_root, name)):
             return None
@@ -171,7 +172,7 @@ def eval_slices(config, split: str) -> dict[str, Any] | None:
         path = d.test_path if split == "test" else d[f"{split}_path"]
         if not path:
             if split == "test":
-                raise ValueError("config.data.test_path is required with data.kind=arrayrecord")
+                raise InputError("config.data.test_path is required with data.kind=arrayrecord")
             return None
         return load_eval_split(path, split)
-    raise ValueError(f"config.data.kind must be one of {KINDS}, not {kind!r}")
+    raise InputError(f"config.data.kind must be one of {KINDS}, not {kind!r}")

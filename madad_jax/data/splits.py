@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from madad_jax.core.errors import InputError
 from madad_jax.data.errors import BadInputError
 from madad_jax.data.records import read_json, write_json_atomic
 
@@ -21,7 +22,7 @@ def parse_fractions(text: str) -> dict[str, float]:
     for part in text.split(","):
         name, _, value = part.partition("=")
         if not name.strip() or not value:
-            raise ValueError(f"bad split fraction {part!r}; expected NAME=FRACTION")
+            raise InputError(f"bad split fraction {part!r}; expected NAME=FRACTION")
         out[name.strip()] = float(value)
     return out
 
@@ -33,7 +34,7 @@ def make_splits(
     names = sorted(set(subjects))
     total = sum(fractions.values())
     if total <= 0 or any(f < 0 for f in fractions.values()):
-        raise ValueError(f"split fractions must be >= 0 and not all 0, got {dict(fractions)}")
+        raise InputError(f"split fractions must be >= 0 and not all 0, got {dict(fractions)}")
     exact = np.array([f / total * len(names) for f in fractions.values()])
     counts = np.floor(exact).astype(int)
     for i in np.argsort(-(exact - counts), kind="stable")[: len(names) - counts.sum()]:

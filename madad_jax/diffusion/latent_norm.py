@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from madad_jax import diffusion
+from madad_jax.core.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,9 +101,9 @@ def stats_from_cache(directory: str, brain_threshold: float = 0.9,
                 flush()
     flush()
     if n == 0:
-        raise ValueError(f"{directory}: the latent cache holds no slices")
+        raise InputError(f"{directory}: the latent cache holds no slices")
     if nb < 2:
-        raise ValueError(f"{directory}: fewer than 2 in-brain latent positions to whiten")
+        raise InputError(f"{directory}: fewer than 2 in-brain latent positions to whiten")
     mean = s1 / nb
     cov = s2 / nb - np.outer(mean, mean)
     var = total_sq / n - (total / n) ** 2

@@ -26,9 +26,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from madad_jax.core import checkpoint, files
+from madad_jax.core import files
+from madad_jax.core.errors import InputError
 from madad_jax.data import sources
 from madad_jax.evaluation import metrics, selection
+from madad_jax.models.arch import apply_arch
 from madad_jax.sampling import inferencer, loading
 
 log = logging.getLogger("madad_jax.evaluation.evaluate")
@@ -101,7 +103,7 @@ def _volume_protocol(config, workdir, models, params, test, maps) -> tuple[dict,
     if threshold < 0:
         val = sources.eval_slices(config, "val")
         if val is None or val.get("segmentations") is None:
-            raise ValueError(
+            raise InputError(
                 "evaluate.protocols has 'volume' but there is no validation split with "
                 "segmentations to choose its threshold; set evaluate.volume_threshold"
             )
@@ -120,7 +122,7 @@ def _lesioned_val(config, required: bool) -> dict[str, Any] | None:
     if val is None or val.get("segmentations") is None or not np.any(val["segmentations"]):
         if not required:
             return None
-        raise ValueError("evaluate.select / evaluate.ablations choose settings on a lesioned "
+        raise InputError("evaluate.select / evaluate.ablations choose settings on a lesioned "
                          "val split, and this data set has none (demo: data.demo.n_val > 0)")
     return _sorted(val)
 
@@ -207,12 +209,9 @@ def run(config, workdir: str) -> dict[str, Any]:
     """Evaluate the checkpoint on the test split; returns what metrics.json holds."""
     restored = loading.restore_for_run(config, workdir)
     config = config.copy_and_resolve_references()
-    checkpoint.apply_arch(config, restored.arch)
+    apply_arch(config, restored.arch)
     models = loading.build_models(config)
     protocols = tuple(config.evaluate.protocols)
-    unknown = set(protocols) - {"slice", "volume"}
-    if unknown:
-        raise ValueError(f"evaluate.protocols: unknown {sorted(unknown)} (slice | volume)")
 
     if jax.process_index() == 0:
         files.check_writable(os.path.join(workdir, RESULT_DIR))  # before the inference

@@ -28,7 +28,7 @@ from typing import Any
 
 from madad_jax.core import files
 from madad_jax.data.errors import BadInputError
-from madad_jax.evaluation import bids, predict
+from madad_jax.evaluation import bids, predict, predict_outputs
 
 NOT_SCANS = ("_brainmask", "_mask", "_seg", "_segmentation", "_anomaly", "_lesions")
 GROUP_COLUMNS = ("scan", "status", "num_slices", "map_max", "num_lesions", "total_volume_ml",
@@ -95,7 +95,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     if not is_many(spec) and layout == "flat":
         return predict.run(config, workdir)
     paths = scans(spec)
-    out_dir = predict._output_dir(config, workdir)
+    out_dir = predict_outputs.output_dir(config, workdir)
     os.makedirs(out_dir, exist_ok=True)
     model = predict.load_model(config, workdir)
     if layout == "bids":

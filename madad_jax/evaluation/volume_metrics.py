@@ -42,6 +42,7 @@ from scipy import ndimage
 from sklearn.metrics import average_precision_score
 
 from madad_jax.core import files
+from madad_jax.core.errors import InputError
 
 SIZE_BINS = ("small", "medium", "large")
 MEDIAN_SIZE = 5
@@ -297,16 +298,16 @@ def volume_protocol(
     `threshold` is given.
     """
     if not test:
-        raise ValueError("no test volumes to evaluate")
+        raise InputError("no test volumes to evaluate")
 
     def post(v: VolumeMaps) -> np.ndarray:
         return postprocess_map(v.anomaly_map, v.brainmask, erosion_iterations, median_size)
 
     if threshold is None:
         if not val:
-            raise ValueError("the per-volume protocol needs validation volumes or a threshold")
+            raise InputError("the per-volume protocol needs validation volumes or a threshold")
         if any(v.segmentation is None for v in val):
-            raise ValueError("the validation volumes need segmentations to choose a threshold")
+            raise InputError("the validation volumes need segmentations to choose a threshold")
         val_maps = [post(v) for v in val]
         threshold, val_dice = best_threshold(val_maps, [v.segmentation for v in val])
         source = "best pooled Dice on the validation volumes"
@@ -316,7 +317,7 @@ def volume_protocol(
     rows = []
     for v in test:
         if v.segmentation is None:
-            raise ValueError(f"{v.name}: the per-volume protocol needs a segmentation")
+            raise InputError(f"{v.name}: the per-volume protocol needs a segmentation")
         m = post(v)
         pred = remove_small_components(m >= threshold, max_removed_component)
         rows.append({

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from madad_jax.core.cli import OneLineParser, run_command
+from madad_jax.core.errors import InputError
 from madad_jax.interop.import_reference import torch_name
 from madad_jax.models import UNET_KEYS, VAE_KEYS
 from madad_jax.sampling.loading import restore
@@ -32,7 +33,7 @@ REFERENCE_UNET_KEYS = UNET_KEYS  # the reference's UNetModel kwargs, dropout inc
 WHITENING_FILE = "latent_whitening.safetensors"
 
 
-class ReferenceExportError(ValueError):
+class ReferenceExportError(InputError):
     """A checkpoint the reference's code cannot express (message says why)."""
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from madad_jax.core import checkpoint, files
 from madad_jax.core.cli import OneLineParser, run_command
+from madad_jax.core.errors import InputError
 from madad_jax.models import UNET_KEYS, VAE_KEYS, unet_kwargs, vae_kwargs
 from madad_jax.models.presets import UNET_PRESETS, medical_vae, unet
 from madad_jax.models.unet import UNet
@@ -32,7 +33,7 @@ VAE_PREFIXES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
 DEFAULT_UNET_DROPOUT = 0.4  # the reference's create_unet_model
 
 
-class ReferenceImportError(ValueError):
+class ReferenceImportError(InputError):
     """A weights or architecture file that cannot be imported (message names the file)."""
 
 

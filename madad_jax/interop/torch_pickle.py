@@ -26,8 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from madad_jax.core.errors import InputError
 
-class TorchPickleError(ValueError):
+
+class TorchPickleError(InputError):
     """The file is not a readable `.pt` checkpoint (corrupt, truncated, unsupported)."""
 
 

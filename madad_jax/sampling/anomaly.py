@@ -27,6 +27,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from madad_jax.core.errors import InputError
 from madad_jax.diffusion.latent_norm import LatentNorm
 from madad_jax.diffusion.sampler import ddim_step, ddim_tables
 from madad_jax.models.adapters import denoiser_fn
@@ -66,7 +67,7 @@ def anomaly_map(
     elif source == "mask":
         amap = _upsample(mean_anomalous, size)
     else:
-        raise ValueError(f"unknown sample.map_source {source!r}; expected one of {MAP_SOURCES}")
+        raise InputError(f"unknown sample.map_source {source!r}; expected one of {MAP_SOURCES}")
     return gaussian_filter_2d(amap, float(scfg.sigma))
 
 
@@ -158,7 +159,7 @@ def make_infer_fn(vae, denoiser, config, trajectory: bool = False) -> Callable[.
     """
     scfg = config.sample
     if scfg.map_source not in MAP_SOURCES:
-        raise ValueError(f"unknown sample.map_source {scfg.map_source!r}; expected {MAP_SOURCES}")
+        raise InputError(f"unknown sample.map_source {scfg.map_source!r}; expected {MAP_SOURCES}")
     run = _sampler(vae, denoiser, config, int(scfg.ddim_steps), trajectory)
     eta = float(scfg.eta)
     thr = float(scfg.flag_threshold)

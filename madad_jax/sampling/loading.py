@@ -14,7 +14,9 @@ from etils import epath
 
 from madad_jax.config import default_config
 from madad_jax.core import checkpoint as ckpt
+from madad_jax.core.errors import InputError
 from madad_jax.data.errors import BadInputError
+from madad_jax.models.arch import apply_arch, tuplify
 
 log = logging.getLogger("madad_jax.analysis")
 
@@ -62,7 +64,7 @@ def run_checkpoint(config, workdir: str) -> str:
         return config.checkpoint
     which = config.evaluate.checkpoint
     if which not in RUN_CHECKPOINTS:
-        raise ValueError(f"evaluate.checkpoint must be one of {tuple(RUN_CHECKPOINTS)}, "
+        raise InputError(f"evaluate.checkpoint must be one of {tuple(RUN_CHECKPOINTS)}, "
                          f"not {which!r}")
     path = os.path.join(workdir, RUN_CHECKPOINTS[which]) if RUN_CHECKPOINTS[which] else workdir
     if which != "latest" and not epath.Path(path).exists():
@@ -85,7 +87,7 @@ def config_from_checkpoint(
     config = default_config() if base is None else _copy(base)
     if stored:
         _merge(config, stored)
-    ckpt.apply_arch(config, arch)
+    apply_arch(config, arch)
     return config
 
 
@@ -100,7 +102,7 @@ def _merge(config: ml_collections.ConfigDict, values: dict[str, Any], prefix: st
             if isinstance(here, ml_collections.ConfigDict) and isinstance(v, dict):
                 _merge(here, v, f"{prefix}{k}.")
                 continue
-            v = ckpt.tuplify(v) if isinstance(v, list | dict) else v
+            v = tuplify(v) if isinstance(v, list | dict) else v
             try:
                 config[k] = ml_collections.ConfigDict(v) if isinstance(v, dict) else v
             except (TypeError, ValueError) as err:

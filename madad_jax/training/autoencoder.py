@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from madad_jax.core import checkpoint as ckpt
 from madad_jax.core import mesh as mesh_lib
 from madad_jax.models import build_vae, sample_posterior
 from madad_jax.models.adapters import vae_decode, vae_encode
+from madad_jax.models.arch import arch_from_config
 from madad_jax.models.discriminator import PatchDiscriminator
 from madad_jax.training.loop import (
     Batch,
@@ -168,5 +168,5 @@ def train_loop(config, workdir: str, batches: Iterator[Batch], mesh=None) -> Any
     mesh = mesh_lib.make_mesh(config) if mesh is None else mesh
     settings = LoopSettings.of("vae", vae_checkpoint_dir(workdir), config.vae_train)
     state = fit(VAETask(config, mesh), workdir, batches, settings,
-                  arch=ckpt.arch_from_config(config), config_json=config_json(config))
+                  arch=arch_from_config(config), config_json=config_json(config))
     return state["params"]["vae"]

@@ -12,7 +12,6 @@ repeats the uninterrupted run bit for bit (on CPU)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -25,9 +24,11 @@ import optax
 from madad_jax import diffusion
 from madad_jax.core import checkpoint as ckpt
 from madad_jax.core import mesh as mesh_lib
+from madad_jax.core.errors import InputError
 from madad_jax.diffusion.latent_norm import LatentNorm
 from madad_jax.models import build_denoiser, build_vae, sample_posterior
 from madad_jax.models.adapters import denoiser_fn, vae_encode
+from madad_jax.models.arch import arch_from_config
 from madad_jax.training.loop import (
     Batch,
     LoopSettings,
@@ -195,7 +196,7 @@ class DenoiserTask(ShardedTask):
         """A fresh sharded state around the given (frozen) VAE parameters."""
         vae_params = self.vae_params if vae_params is None else vae_params
         if vae_params is None:
-            raise ValueError("no autoencoder to train the denoiser with: set "
+            raise InputError("no autoencoder to train the denoiser with: set "
                              "vae_train.enabled, vae_train.checkpoint or checkpoint")
         vae_params = jax.tree.map(
             lambda x: x if isinstance(x, jax.Array) else np.asarray(x, np.float32), vae_params)
@@ -241,7 +242,21 @@ def epoch_settings(tcfg, steps_per_epoch: int | None) -> dict[str, int]:
 
 
 def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(workdir, "checkpoints")
+    """The denoiser run's checkpoints (`core.checkpoint.run_directory`)."""
+    return ckpt.run_directory(workdir)
+
+
+def make_task(config, mesh, vae_params: Any | None, norm: LatentNorm | None = None,
+              steps_per_epoch: int | None = None) -> DenoiserTask:
+    """The denoiser's task on `mesh`, around the frozen autoencoder `vae_params`."""
+    vae_abstract = jax.eval_shape(lambda: init_vae_params(config, jax.random.PRNGKey(0)))
+    return DenoiserTask(config, mesh, vae_abstract, vae_params, norm, steps_per_epoch)
+
+
+def loop_settings(config, workdir: str, steps_per_epoch: int | None = None) -> LoopSettings:
+    """How long and how often the denoiser trains (`config.train`, the epoch settings)."""
+    return LoopSettings.of("train", checkpoint_dir(workdir), config.train,
+                           **epoch_settings(config.train, steps_per_epoch))
 
 
 def train_loop(
@@ -261,9 +276,7 @@ def train_loop(
     checkpoint exists yet (a resumed run takes the VAE stored in its checkpoint).
     """
     mesh = mesh_lib.make_mesh(config) if mesh is None else mesh
-    vae_abstract = jax.eval_shape(lambda: init_vae_params(config, jax.random.PRNGKey(0)))
-    task = DenoiserTask(config, mesh, vae_abstract, vae_params, norm, steps_per_epoch)
-    settings = LoopSettings.of("train", checkpoint_dir(workdir), config.train,
-                               **epoch_settings(config.train, steps_per_epoch))
-    return fit(task, workdir, batches, settings, arch=ckpt.arch_from_config(config),
-                 config_json=config_json(config), val_batches=val_batches)
+    task = make_task(config, mesh, vae_params, norm, steps_per_epoch)
+    return fit(task, workdir, batches, loop_settings(config, workdir, steps_per_epoch),
+               arch=arch_from_config(config), config_json=config_json(config),
+               val_batches=val_batches)

@@ -20,7 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from madad_jax.core import checkpoint as ckpt
+from madad_jax.core import damage
 from madad_jax.core import mesh as mesh_lib
+from madad_jax.core.errors import MadadError
 from madad_jax.training.logger import Logger
 
 State = dict[str, Any]
@@ -131,7 +133,7 @@ class LoopSettings:
         return done > self.val_after and done % every == self.val_after % every
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(MadadError, RuntimeError):
     """The loss or the gradients became NaN/Inf; nothing after the last good step is saved."""
 
 
@@ -171,44 +173,19 @@ def fit(
     config_json: dict[str, Any],
     val_batches: ValBatches | None = None,
 ) -> State:
-    """The resumable training loop shared by the denoiser and the autoencoder.
-
-    After checking the batch size against the mesh, the loop resumes from the newest
-    checkpoint in `settings.ckpt_dir`, restoring the data iterator too; it checks every step's
-    metrics for NaN/Inf before each save, so a bad state is never written. With `val_batches`
-    (a list, or a function that yields the batches anew) it validates as
-    `settings.validates_at` says and keeps one best copy per entry of `task.best_copies` in
-    `workdir/<name>/`.
-    """
+    """The resumable training loop of the denoiser and the autoencoder: it resumes from the
+    newest checkpoint in `settings.ckpt_dir` (data iterator included) and checks the metrics
+    for NaN/Inf before each save, so a bad state is never written. With `val_batches` (a
+    list, or a function that yields them anew) it validates as `settings.validates_at` says
+    and keeps one best copy per entry of `task.best_copies` in `workdir/<name>/`."""
     s, name, ckpt_dir = settings, settings.name, settings.ckpt_dir
-    check_batch_size(s.batch_size, task.mesh)
-    if s.resume_from_damaged not in ("stop", "previous"):
-        raise ValueError(f"{name}.resume_from_damaged must be stop | previous, not "
-                         f"{s.resume_from_damaged!r}")
     mngr = ckpt.train_manager(ckpt_dir, s.keep)
-    try:
-        found = ckpt.restore_newest(mngr, task.abstract, s.resume_from_damaged == "previous")
-    except BaseException:
-        _close_quietly(mngr)
-        raise
-    latest = None if found is None else found[0]
-    if found is not None:
-        _, state, data_state = found
-        state["step"] = jax.device_put(jnp.asarray(state["step"], jnp.int32),
-                                       task.shardings["step"])
-        if data_state is not None and hasattr(batches, "set_state"):
-            batches.set_state(data_state)
-        start = latest
-    else:
-        state = task.init()
-        start = 0
+    state, latest = _resume(task, mngr, batches, s)
+    start = 0 if latest is None else latest
     log = Logger(workdir, start, s.num_steps, s.batch_size, name=name)
     if latest is not None:
         log.message(f"[{name}] resuming from {ckpt_dir} at step {latest}")
-    copies = {}
-    if val_batches:
-        copies = {d: (metric, ckpt.best_manager(os.path.join(workdir, d)))
-                  for d, metric in task.best_copies}
+    copies = _best_copies(task, workdir) if val_batches else {}
     best = {d: float(ckpt.best_metrics(m).get(metric, math.inf))
             for d, (metric, m) in copies.items()}
     log_every, checkpoint_every = max(s.log_every, 1), max(s.checkpoint_every, 1)
@@ -239,15 +216,7 @@ def fit(
                                       logged)
                 last_good = done
             if copies and s.validates_at(done):
-                vm = task.validate(state, val_batches() if callable(val_batches)
-                                   else val_batches)
-                log.scalars(done, vm, prefix=f"{name}_val")
-                for d, (metric, m) in copies.items():
-                    if vm[metric] < best[d]:
-                        best[d] = vm[metric]
-                        ckpt.save_best(m, done, task.best_params(state), arch, vm)
-                        log.message(f"[{name}] step {done}: best {metric} "
-                                    f"{vm[metric]:.5g} -> {os.path.join(workdir, d)}")
+                _validate(task, state, done, val_batches, copies, best, arch, log, workdir)
             log.step(done)
         if tracing:
             _profile(s.profile, s.profile[1] + 1, workdir, tracing, state)
@@ -266,7 +235,7 @@ def fit(
             _close_quietly(m)
         _close_quietly(log)
         if isinstance(err, Exception) and not getattr(err, "filename", None):
-            os_err = ckpt.os_error_of(err, ckpt_dir)
+            os_err = damage.os_error_of(err, ckpt_dir)
             if os_err is not None:  # a full disk, a read-only file system: one line
                 raise os_err from err
         raise
@@ -289,22 +258,62 @@ def _profile(steps: tuple[int, ...], step: int, workdir: str, tracing: bool,
     return tracing
 
 
+def _resume(task: Task, mngr, batches: Iterator[Batch],
+            s: LoopSettings) -> tuple[State, int | None]:
+    """`(state, step)` of the newest checkpoint, the data iterator set to its position; a
+    fresh state and None when there is none."""
+    try:
+        found = ckpt.restore_newest(mngr, task.abstract, s.resume_from_damaged == "previous")
+    except BaseException:
+        _close_quietly(mngr)
+        raise
+    if found is None:
+        return task.init(), None
+    latest, state, data_state = found
+    state["step"] = jax.device_put(jnp.asarray(state["step"], jnp.int32),
+                                   task.shardings["step"])
+    if data_state is not None and hasattr(batches, "set_state"):
+        batches.set_state(data_state)
+    return state, latest
+
+
+def _best_copies(task: Task, workdir: str) -> dict[str, tuple[str, Any]]:
+    """`{directory: (metric, manager)}`: one best-validation copy per `task.best_copies`."""
+    return {d: (metric, ckpt.best_manager(os.path.join(workdir, d)))
+            for d, metric in task.best_copies}
+
+
+def _validate(task: Task, state: State, done: int, val_batches: ValBatches,
+              copies: dict[str, tuple[str, Any]], best: dict[str, float],
+              arch: dict[str, Any], log: Logger, workdir: str) -> None:
+    """Validate after step `done`; replace each best copy whose metric improved."""
+    name = log.name
+    vm = task.validate(state, val_batches() if callable(val_batches) else val_batches)
+    log.scalars(done, vm, prefix=f"{name}_val")
+    for d, (metric, m) in copies.items():
+        if vm[metric] < best[d]:
+            best[d] = vm[metric]
+            ckpt.save_best(m, done, task.best_params(state), arch, vm)
+            log.message(f"[{name}] step {done}: best {metric} "
+                        f"{vm[metric]:.5g} -> {os.path.join(workdir, d)}")
+
+
 def _close_quietly(closable) -> None:
     """Finish and close a checkpoint manager (or logger) after an error, ignoring its own
     errors; Orbax leaves a failed save's temporary directory behind, so remove those."""
     if isinstance(closable, Logger):
         closable.close()
         return
-    with ckpt.quiet_stderr():  # Orbax's threads would print the reported failure again
+    with damage.quiet_stderr():  # Orbax's threads would print the reported failure again
         for fn in ("wait_until_finished", "close"):
             try:
                 getattr(closable, fn, lambda: None)()
             except Exception:  # noqa: BLE001, S110 - the first error is the one reported
                 pass
-        ckpt.settle(0.2)
+        damage.settle(0.2)
     directory = getattr(closable, "directory", None)
     if directory is not None:
-        ckpt.remove_tmp_dirs(str(directory))
+        damage.remove_tmp_dirs(str(directory))
 
 
 def _epoch_row(metrics: dict[str, jax.Array], epoch: int) -> dict[str, float]:
@@ -315,10 +324,3 @@ def _epoch_row(metrics: dict[str, jax.Array], epoch: int) -> dict[str, float]:
 
 def config_json(config) -> dict[str, Any]:
     return json.loads(config.to_json_best_effort())
-
-
-def check_batch_size(batch_size: int, mesh) -> None:
-    nproc = jax.process_count()
-    if batch_size % nproc or batch_size % mesh.size:
-        raise ValueError(f"batch size {batch_size} must be divisible by the {nproc} processes "
-                         f"and the {mesh.size} devices of the mesh")

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from madad_jax.core.errors import InputError
+
 LR_SCHEDULES = ("per_step", "reference")
 REFERENCE_HORIZON = 1.2  # the reference's num_training_steps = epochs * 1.2
 
@@ -39,7 +41,7 @@ def reference_lr_schedule(lr: float, warmup_epochs: int, num_epochs: int,
                           steps_per_epoch: int) -> optax.Schedule:
     """`reference_epoch_lr` at `epoch = step // steps_per_epoch` (past the end: the last epoch)."""
     if steps_per_epoch < 1:
-        raise ValueError(f"steps_per_epoch must be >= 1, not {steps_per_epoch}")
+        raise InputError(f"steps_per_epoch must be >= 1, not {steps_per_epoch}")
     n = max(int(num_epochs), 1)
     table = jnp.asarray(
         np.array([reference_epoch_lr(e, lr, warmup_epochs, num_epochs) for e in range(n)]),
@@ -61,7 +63,7 @@ def _per_step_schedule(tcfg) -> optax.Schedule:
     warmup = min(max(int(tcfg.warmup_steps), 0), total)
     kind = tcfg.schedule
     if kind not in ("cosine", "constant"):
-        raise ValueError(f"train.schedule must be 'cosine' or 'constant', not {kind!r}")
+        raise InputError(f"train.schedule must be 'cosine' or 'constant', not {kind!r}")
 
     def schedule(step):
         step = jnp.asarray(step, jnp.float32)
@@ -76,7 +78,7 @@ def _per_step_schedule(tcfg) -> optax.Schedule:
 
 def _whole(value: float, name: str) -> int:
     if float(value) != int(value):
-        raise ValueError(f"train.lr_schedule='reference' counts whole epochs; {name}={value}")
+        raise InputError(f"train.lr_schedule='reference' counts whole epochs; {name}={value}")
     return int(value)
 
 
@@ -88,11 +90,11 @@ def lr_schedule(tcfg, steps_per_epoch: int | None = None) -> optax.Schedule:
     """
     kind = tcfg.lr_schedule
     if kind not in LR_SCHEDULES:
-        raise ValueError(f"train.lr_schedule must be one of {LR_SCHEDULES}, not {kind!r}")
+        raise InputError(f"train.lr_schedule must be one of {LR_SCHEDULES}, not {kind!r}")
     if kind == "per_step":
         return _per_step_schedule(tcfg)
     if steps_per_epoch is None:
-        raise ValueError("train.lr_schedule='reference' needs the number of steps per epoch")
+        raise InputError("train.lr_schedule='reference' needs the number of steps per epoch")
     steps_per_epoch = int(steps_per_epoch)
     epochs = _whole(tcfg.num_epochs, "num_epochs")
     if epochs <= 0:

@@ -21,10 +21,12 @@ from etils import epath
 
 from madad_jax.core import checkpoint as ckpt
 from madad_jax.core import hosts
+from madad_jax.core.errors import InputError
 from madad_jax.data import sources
 from madad_jax.data.epochs import steps_in_epoch
 from madad_jax.diffusion import latent_norm
 from madad_jax.diffusion.latent_norm import LatentNorm
+from madad_jax.models.arch import tuplify
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,12 +39,7 @@ class RunPlan:
     latent_cache: str  # the posterior moments the denoiser reads; "" to encode on the fly
     vae_params: Any | None  # the frozen autoencoder; None on resume (the checkpoint has it)
     norm: LatentNorm
-    resuming: bool
     steps_per_epoch: int  # ceil(training slices / train.batch_size)
-
-    @property
-    def ckpt_dir(self) -> str:
-        return os.path.join(self.workdir, "checkpoints")
 
 
 def resolved(config, updates: dict[str, Any]) -> ml_collections.FrozenConfigDict:
@@ -55,7 +52,7 @@ def resolved(config, updates: dict[str, Any]) -> ml_collections.FrozenConfigDict
             for p in path:
                 node = node[p]
             if isinstance(value, dict) and isinstance(node.get(leaf), ml_collections.ConfigDict):
-                node[leaf].update(ckpt.tuplify(value))
+                node[leaf].update(tuplify(value))
             else:
                 node[leaf] = value
     return ml_collections.FrozenConfigDict(cfg)
@@ -116,14 +113,14 @@ def load_vae(config, directory: str) -> tuple[Any, dict[str, Any]]:
 
     params, arch = ckpt.load_params(directory)
     if "vae" not in params:
-        raise ValueError(f"{directory}: checkpoint holds no 'vae' parameters")
+        raise InputError(f"{directory}: checkpoint holds no 'vae' parameters")
     vae_arch = dict(arch["vae"]) if isinstance(arch, dict) and isinstance(
         arch.get("vae"), dict) else config.vae.to_dict()
     want_cfg = resolved(config, {"vae": vae_arch})
     want = jax.eval_shape(lambda: init_vae_params(want_cfg, jax.random.PRNGKey(0)))
     got = jax.tree.map(lambda x: tuple(np.shape(x)), params["vae"])
     if jax.tree.map(lambda x: tuple(x.shape), want) != got:
-        raise ValueError(f"{directory}: its VAE parameters do not match config.vae")
+        raise InputError(f"{directory}: its VAE parameters do not match config.vae")
     return params["vae"], vae_arch
 
 
@@ -136,13 +133,13 @@ def new_vae(config, workdir: str, source: str) -> tuple[Any, dict[str, Any]]:
         from madad_jax.training import autoencoder
 
         if config.data.latent_cache:
-            raise ValueError("data.latent_cache holds moments of another VAE; it cannot be "
+            raise InputError("data.latent_cache holds moments of another VAE; it cannot be "
                              "used while vae_train.enabled trains a new one")
         batches = sources.train_batches(config, source, int(vcfg.batch_size))
         return autoencoder.train_loop(config, workdir, batches), config.vae.to_dict()
     if vcfg.get("pretrained"):
         return load_vae(config, vcfg.pretrained)
-    raise ValueError("no autoencoder: set vae_train.checkpoint=CKPT_DIR (for example the "
+    raise InputError("no autoencoder: set vae_train.checkpoint=CKPT_DIR (for example the "
                      "reference's imported VAE) or vae_train.enabled=True")
 
 
@@ -172,22 +169,16 @@ def latent_cache_of(config, workdir: str, source: str, vae_params: Any | None) -
                                             else None)
         hosts.sync("latent_cache")
     elif not epath.Path(out).exists():
-        raise ValueError(f"{out}: data.cache_latents is set but the resumed run has no cache")
+        raise InputError(f"{out}: data.cache_latents is set but the resumed run has no cache")
     return out
 
 
 def make_plan(config, workdir: str) -> RunPlan:
     """Work out what `mode=train` trains with; may train the autoencoder first."""
-    if float(config.diffusion.contrast_swap_prob) > 0 and not config.data.cache_latents:
-        raise ValueError("diffusion.contrast_swap_prob takes the contrast-changed latents of "
-                         "the latent cache: set data.cache_latents=True")
-    if norm_from_data(config) and not config.data.cache_latents:
-        raise ValueError("latent_scale_from_data / latent_whiten_from_data derive the latent "
-                         "normalization from the latent cache: set data.cache_latents=True")
     source = sources.training_source(config, workdir)
     n = slices_in(config.data.latent_cache or source)  # a cache holds one row per slice
     updates: dict[str, Any] = epoch_steps(config, n)
-    ckpt_dir = os.path.join(workdir, "checkpoints")
+    ckpt_dir = ckpt.run_directory(workdir)
     resuming = ckpt.latest_step(ckpt_dir) is not None
     vae_params = None
     if resuming:
@@ -205,7 +196,7 @@ def make_plan(config, workdir: str) -> RunPlan:
     frozen = resolved(config, updates)
     _report_norm(frozen)
     return RunPlan(frozen, workdir, source, cache, vae_params, LatentNorm.from_config(frozen),
-                   resuming, steps_in_epoch(n, int(config.train.batch_size)))
+                   steps_in_epoch(n, int(config.train.batch_size)))
 
 
 def _report_norm(config) -> None:
