@@ -116,8 +116,9 @@ def get_config(variant: str = "unet") -> ml_collections.ConfigDict:
     c.data.modality = "T1"
     c.data.demo = demo_data()
     # The whole brain (MNI z -72 to 81 mm), and 80 lesioned subjects each for choosing the
-    # sampling settings (val) and for the score (test).
-    c.data.demo.update(n_val=80, n_test=80, z_mm=(-72.0, 81.0))
+    # sampling settings (val) and for the score (test); 40 subjects without lesions, one slice
+    # each, scored beside the test split for detection and the calibrated FPR only.
+    c.data.demo.update(n_val=80, n_test=80, n_test_healthy=40, z_mm=(-72.0, 81.0))
     c.train.validation = "none"
     c.evaluate.select.enabled = True
     c.evaluate.ablations = True

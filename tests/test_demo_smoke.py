@@ -34,6 +34,7 @@ SMOKE = (
     "--config.data.demo.n_train=2",
     "--config.data.demo.n_test=3",
     "--config.data.demo.n_val=3",
+    "--config.data.demo.n_test_healthy=2",
     "--config.evaluate.select.ddim_steps=(1,2)",
     "--config.evaluate.select.flag_thresholds=(0.5,0.9)",
     "--config.evaluate.select.sigmas=(1.0,)",
@@ -73,6 +74,10 @@ def test_demo_command_end_to_end(tmp_path):
     out = workdir / "evaluate"
     res = json.loads((out / "metrics.json").read_text())
     assert res["n_slices"] == 3 and res["image_size"] == 32 and res["checkpoint_step"] == 3
+    # The healthy test subjects join the detection ranking only, not the pixel figures.
+    det = res["detection"]["slice"]
+    assert det["n"] == 5 and det["n_with_lesion"] == 3 and 0.0 <= det["auroc"] <= 1.0
+    assert res["calibrated"]["healthy_test"]["n_units"] == 2
     # Settings and the baseline's variant chosen on the lesioned val split, never on test.
     assert res["selected_on"] == "val" and res["baseline"]["selected_on"] == "val"
     chosen = res["selection"]["chosen"]
@@ -128,6 +133,7 @@ def test_demo_path_with_the_shipped_autoencoder(tmp_path):
          "--config.train.batch_size=4", "--config.train.warmup_steps=1",
          "--config.train.checkpoint_every_steps=2", "--config.data.demo.n_train=1",
          "--config.data.demo.n_val=2", "--config.data.demo.n_test=2",
+         "--config.data.demo.n_test_healthy=0",
          "--config.evaluate.select.ddim_steps=(1,)", "--config.evaluate.select.sigmas=(2.0,)",
          "--config.evaluate.select.flag_thresholds=(0.5,)", "--config.evaluate.ablations=False"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,

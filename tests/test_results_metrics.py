@@ -118,6 +118,42 @@ def test_detection_needs_both_classes():
     assert results.detection(lesioned, maps, 0.99)["slice"]["auroc"] is None
 
 
+def test_healthy_test_units_join_detection_and_measure_the_fpr():
+    data, maps = _split(n=10)
+    lesioned = {**data, "segmentations": np.ones_like(data["segmentations"])}
+    # healthy units: flat low maps, so every lesioned unit outranks them
+    healthy = {"brainmasks": data["brainmasks"][:4], "names": [f"h{i}-slice_0" for i in range(4)]}
+    low = np.full_like(maps[:4], -1.0)
+    det = results.detection(lesioned, maps, 0.99, (healthy, low))
+    assert det["slice"]["n"] == 14 and det["slice"]["n_with_lesion"] == 10
+    assert det["slice"]["auroc"] == 1.0 and det["volume"]["auroc"] == 1.0
+    h = low.copy()
+    brain = healthy["brainmasks"] > 0
+    first = np.argwhere(brain[0])[:3]
+    h[0][tuple(first.T)] = 5.0  # 3 flagged voxels in the first unit only
+    fpr = results.healthy_test_fpr(healthy, h, 0.0)
+    assert fpr["n_units"] == 4 and fpr["units_with_a_flag"] == 0.25
+    assert fpr["fpr"] == pytest.approx(3 / brain.sum())
+
+
+def test_demo_healthy_test_split_one_slice_per_subject():
+    from madad_jax.config import default_config
+    from madad_jax.data import sources
+
+    c = default_config()
+    c.data.kind = "demo"
+    c.image_size = 32
+    c.data.demo.update(n_test_healthy=3)
+    a = sources.eval_slices(c, "test_healthy")
+    assert a["segmentations"] is None and len(a["images"]) == 3
+    assert len({n.split("-slice_")[0] for n in a["names"]}) == 3
+    assert all(m.sum() > 0 for m in a["brainmasks"])
+    b = sources.eval_slices(c, "test_healthy")
+    np.testing.assert_array_equal(a["images"], b["images"])
+    c.data.demo.update(n_test_healthy=0)
+    assert sources.eval_slices(c, "test_healthy") is None
+
+
 def test_model_card(tmp_path):
     from madad_jax.config import default_config
 

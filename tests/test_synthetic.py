@@ -97,7 +97,10 @@ def test_bad_specs_refused():
     with pytest.raises(ValueError):
         syn.LesionSpec(contrasts=("glowing",), contrast_probs=(1.0,))
     with pytest.raises(ValueError):
-        syn.make_split("test", 1, slices="largest", lesions=None)
+        syn.make_split("test", 1, slices="thickest", lesions=None)
+    # healthy subjects under a one-slice policy: one slice each (the test_healthy split)
+    one = syn.make_split("test_healthy", 2, image_size=32, slices="largest", lesions=None)
+    assert len(one["names"]) == 2 and one["segmentations"] is None
 
 
 def test_nifti_written_and_converted_like_user_data(tmp_path, capsys):

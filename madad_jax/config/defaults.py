@@ -24,6 +24,9 @@ def demo_data() -> ml_collections.ConfigDict:
             n_train=40,  # healthy subjects; every slab slice is a training slice
             n_test=40,  # lesioned subjects
             n_val=0,
+            # Subjects without lesions scored beside the test split, for detection AUROC /
+            # AP and the calibrated threshold's FPR on healthy test brains only.
+            n_test_healthy=0,
             test_slices="largest",  # all | lesion | largest (one slice per subject, S2)
             modality="T1",
             fov_mm=208.0,
@@ -120,6 +123,8 @@ def data_section() -> ml_collections.ConfigDict:
             train_path="",  # ArrayRecord shard pattern or directory
             val_path="",
             test_path="",
+            # Optional shard set of test units without lesions (scored for detection only).
+            test_healthy_path="",
             png_root="",  # reference PNG layout root
             split="test",
             modality="T2",

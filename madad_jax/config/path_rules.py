@@ -47,6 +47,7 @@ def check_paths(c: Checker, mode: str, workdir: str | None, *, training: bool,
         if not c("data.test_path"):
             c.fail("data.test_path", "is required to evaluate with data.kind=arrayrecord")
         must_exist("data.test_path", "no such shard set")
+        must_exist("data.test_healthy_path", "no such shard set")
     if kind == "png" and mode != "predict":
         root = c("data.png_root")
         if not root:

@@ -174,6 +174,9 @@ def _data(c: Checker, names: dict[str, tuple[str, ...]]) -> None:
     c.number("data.contrast", 0)
     c.integer("data.num_workers", 0)
     c.integer("data.shuffle_seed")
+    if c("data.kind") == "demo":
+        for key in ("n_train", "n_val", "n_test", "n_test_healthy"):
+            c.integer(f"data.demo.{key}", 0)
 
 
 def _training(c: Checker) -> None:

@@ -163,13 +163,13 @@ def eval_slices(config, split: str) -> dict[str, Any] | None:
     if kind == "demo":
         from madad_jax.data import synthetic
 
-        if split != "test" and int(d.demo[f"n_{split}"]) <= 0:
+        if split != "test" and int(d.demo.get(f"n_{split}", 0)) <= 0:
             return None
         return synthetic.from_config(config, splits=(split,))[split]
     if kind == "arrayrecord":
         from madad_jax.data.pipeline import load_eval_split
 
-        path = d.test_path if split == "test" else d[f"{split}_path"]
+        path = d.test_path if split == "test" else d.get(f"{split}_path", "")
         if not path:
             if split == "test":
                 raise InputError("config.data.test_path is required with data.kind=arrayrecord")

@@ -58,17 +58,45 @@ def unit_score(m: np.ndarray, brain: np.ndarray, q: float) -> float:
     return float(np.quantile(v, q)) if v.size else 0.0
 
 
-def detection(data: Mapping[str, Any], maps: np.ndarray, q: float) -> dict[str, Any]:
-    """Slice- and volume-level "contains a lesion" AUROC and AP."""
-    segs = np.asarray(data["segmentations"]) > 0
-    brains = np.asarray(data["brainmasks"]).reshape(maps.shape)
+def _unit_scores(data: Mapping[str, Any], maps: np.ndarray,
+                 q: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(slice scores, slice has-lesion, volume scores, volume has-lesion) of one split."""
     n = len(maps)
-    slice_scores = np.array([unit_score(maps[i], brains[i], q) for i in range(n)])
-    vols = vm.volumes_from_eval(data, maps)
-    vol_scores = np.array([unit_score(v.anomaly_map, v.brainmask, q) for v in vols])
-    return {"score": f"{q:g} quantile of the map inside the brain",
-            "slice": _ranking(slice_scores, segs.reshape(n, -1).any(1)),
-            "volume": _ranking(vol_scores, np.array([v.lesion_voxels > 0 for v in vols]))}
+    segs = data.get("segmentations")
+    segs = np.zeros(maps.shape, bool) if segs is None else np.asarray(segs) > 0
+    brains = np.asarray(data["brainmasks"]).reshape(maps.shape)
+    vols = vm.volumes_from_eval(dict(data, segmentations=segs.astype(np.int32)), maps)
+    return (np.array([unit_score(maps[i], brains[i], q) for i in range(n)]),
+            segs.reshape(n, -1).any(1),
+            np.array([unit_score(v.anomaly_map, v.brainmask, q) for v in vols]),
+            np.array([v.lesion_voxels > 0 for v in vols]))
+
+
+def detection(data: Mapping[str, Any], maps: np.ndarray, q: float,
+              healthy: tuple[Mapping[str, Any], np.ndarray] | None = None) -> dict[str, Any]:
+    """Slice- and volume-level "contains a lesion" AUROC and AP over the test units and,
+    when given, the healthy test units `(split, maps)`."""
+    parts = [_unit_scores(data, maps, q)]
+    if healthy is not None:
+        parts.append(_unit_scores(healthy[0], healthy[1], q))
+    s, sl, v, vl = (np.concatenate([p[i] for p in parts]) for i in range(4))
+    out = {"score": f"{q:g} quantile of the map inside the brain",
+           "slice": _ranking(s, sl), "volume": _ranking(v, vl)}
+    if healthy is not None:
+        out["healthy_units"] = "the test_healthy split (subjects without lesions)"
+    return out
+
+
+def healthy_test_fpr(split: Mapping[str, Any], maps: np.ndarray,
+                     threshold: float) -> dict[str, Any]:
+    """The calibrated threshold on the healthy test units: the fraction of their brain voxels
+    flagged (the FPR the calibration aimed at, on brains it never saw) and of units flagged."""
+    brains = np.asarray(split["brainmasks"]).reshape(maps.shape) > 0
+    flagged = (maps > threshold) & brains
+    n = len(maps)
+    return {"n_units": int(n), "brain_voxels": int(brains.sum()),
+            "fpr": float(flagged.sum() / max(int(brains.sum()), 1)),
+            "units_with_a_flag": float(flagged.reshape(n, -1).any(1).mean()) if n else None}
 
 
 def _val_split(config, val: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
@@ -90,7 +118,13 @@ def extend(config, result: dict[str, Any], test: Mapping[str, Any], maps: np.nda
     e = config.evaluate
     extras: dict[str, Any] = {"calibration": None, "volume_rows": None}
     segs = test["segmentations"]
-    result["detection"] = detection(test, maps, float(e.detection_quantile))
+    healthy = sources.eval_slices(config, "test_healthy")
+    if healthy is not None and len(healthy["images"]):
+        healthy = (healthy, np.asarray(maps_fn(healthy["images"])).reshape(
+            len(healthy["images"]), *maps.shape[1:]))
+    else:
+        healthy = None
+    result["detection"] = detection(test, maps, float(e.detection_quantile), healthy)
     method = str(e.threshold)
     if method != "oracle":
         v = _val_split(config, val)
@@ -108,6 +142,8 @@ def extend(config, result: dict[str, Any], test: Mapping[str, Any], maps: np.nda
                               "sigma": float(s.sigma), "map_source": str(s.map_source),
                               "image_size": int(config.image_size)})
             cal, rows = calibration.calibrated_metrics(test, maps, rec, spacing_of(config))
+            if healthy is not None:
+                cal["healthy_test"] = healthy_test_fpr(*healthy, float(rec["threshold"]))
             cal["calibration"] = rec
             result["calibrated"] = cal
             extras.update(calibration=rec, volume_rows=rows)

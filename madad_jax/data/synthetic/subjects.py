@@ -31,7 +31,8 @@ from madad_jax.data.synthetic.lesions import (
     paint_lesions,
 )
 
-SPLITS = {"train": 0, "test": 1, "val": 2}
+# test_healthy: subjects without lesions, scored with the test split for detection only.
+SPLITS = {"train": 0, "test": 1, "val": 2, "test_healthy": 3}
 SLICE_POLICIES = ("all", "lesion", "largest")
 
 
@@ -121,21 +122,25 @@ def make_split(
     normalized per volume as the NIfTI converter does (`preprocess.normalize_percentile`),
     then mapped to [-1, 1] (-1 outside the brain).
     `slices`: "all" slab slices; "lesion", those with at least `min_lesion_px` lesion pixels;
-    "largest", the slice with the largest lesion area of each subject (the S2 test policy).
+    "largest", the slice with the largest lesion area of each subject (the S2 test policy);
+    for healthy subjects "largest" and "lesion" keep one slice per subject, at a depth drawn
+    from the subject's seed (one unit per subject, as in the lesioned test split).
     Returns dict(images (N,H,W,1) float32 in [-1,1], brainmasks (N,H,W) float32,
     segmentations (N,H,W) int32 or None, names): names are `{subject}-slice_{k}`, as the
     NIfTI converter names slices, and sorted.
     """
     if slices not in SLICE_POLICIES:
         raise ValueError(f"slices must be one of {SLICE_POLICIES}, got {slices!r}")
-    if lesions is None and slices != "all":
-        raise ValueError(f"slice policy {slices!r} needs lesions")
     grid = Grid(size=image_size, fov_mm=fov_mm, z_mm=tuple(z_mm), slice_mm=slice_mm)
     rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]] = []
     for i in range(n):
         s = make_subject(i, split, seed, grid, anatomy, lesions, modality)
         x = preprocess.normalize_percentile(s.image, s.brainmask > 0, percentiles) * 2.0 - 1.0
         ks = list(range(grid.shape[2]))
+        if s.seg is None and slices != "all":
+            brain = np.flatnonzero(s.brainmask.sum(axis=(0, 1)) > 0)
+            pick = np.random.default_rng([int(seed), SPLITS[split], i]).integers(len(brain))
+            ks = [int(brain[pick])]
         if s.seg is not None:
             area = s.seg.sum(axis=(0, 1))
             if slices == "largest":
@@ -184,7 +189,7 @@ def from_config(config: Any, splits: Sequence[str] = ("train", "test")) -> dict[
     """The demo's splits in memory, from `config.image_size` and `config.data.demo`.
 
     "train" is healthy with every slab slice; "test" and "val" are lesioned, with
-    `data.demo.test_slices` as slice policy.
+    `data.demo.test_slices` as slice policy; "test_healthy" is healthy, one slice each.
     """
     demo = config.data.demo
     anatomy, lesion = specs_from_config(demo)
@@ -202,6 +207,9 @@ def from_config(config: Any, splits: Sequence[str] = ("train", "test")) -> dict[
         if split == "train":
             train_common = dict(common, anatomy=train_anatomy(demo, anatomy))
             out[split] = make_split("train", demo.n_train, lesions=None, **train_common)
+        elif split == "test_healthy":
+            out[split] = make_split(split, int(demo.get("n_test_healthy", 0)),
+                                    slices=demo.test_slices, lesions=None, **common)
         else:
             out[split] = make_split(
                 split, demo[f"n_{split}"], slices=demo.test_slices, lesions=lesion, **common
