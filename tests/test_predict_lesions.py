@@ -50,6 +50,10 @@ def test_single_scan_writes_mask_and_table(tmp_path, fixture_ckpt):
     assert np.isclose(table["total_volume_ml"], data.sum() * voxel_ml)
     tsv = open(paths["lesions_tsv"]).read().splitlines()
     assert tsv[0].startswith("lesion\tvoxels\tvolume_ml") and len(tsv) == 1 + table["num_lesions"]
+    # the interactive viewer: a self-contained nilearn page the scan's report links to
+    viewer = open(paths["viewer"]).read()
+    assert "brainsprite" in viewer.lower() and "<script src=\"http" not in viewer
+    assert f"href='{os.path.basename(paths['viewer'])}'" in open(paths["report"]).read()
 
 
 def _folder(tmp_path):

@@ -128,3 +128,21 @@ def overlay(
     finally:
         plt.close(fig)
     return os.fspath(path)
+
+
+def viewer(path: str | os.PathLike, anatomy, anomaly, threshold: float | None = None) -> str:
+    """An interactive three-cut viewer of the map over the anatomy (nilearn `view_img`): one
+    self-contained HTML file that opens offline; voxels under `threshold` stay clear."""
+    from nilearn import plotting
+    from nilearn.image import load_img
+
+    anatomy, anomaly = _as_3d(load_img(anatomy)), _as_3d(load_img(anomaly))
+    peak = float(np.max(anomaly.dataobj)) if np.size(anomaly.dataobj) else 0.0
+    if threshold is None:
+        threshold = 0.1 * peak if peak > 0 else 1e-6
+    view = plotting.view_img(anomaly, bg_img=anatomy, threshold=float(threshold),
+                             vmax=max(peak, float(threshold) * 1.01), symmetric_cmap=False,
+                             cmap="hot", black_bg=True, title="anomaly map")
+    view.save_as_html(str(path))
+    return str(path)
+

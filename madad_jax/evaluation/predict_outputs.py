@@ -98,6 +98,7 @@ def write_outputs(
         "overlay": f"{stem}_overlay.png",
         "summary": f"{stem}_predict.json",
         "report": f"{stem}_report.html",
+        "viewer": f"{stem}_viewer.html",
     }
     if lesion is not None:
         names.update(lesions=f"{stem}_lesions.nii.gz", lesions_tsv=f"{stem}_lesions.tsv",
@@ -137,6 +138,8 @@ def write_outputs(
             )
             anomaly_img = nib.load(tmp["anomaly"])
             figures.overlay(tmp["overlay"], subject.image.path, anomaly_img, title=stem)
+            figures.viewer(tmp["viewer"], subject.image.path, anomaly_img,
+                           None if lesion is None else float(lesion[2]["threshold"]))
             del anomaly_img
             summary = dict(summary, panel_slices=[int(pred.rows[i]["slice_index"]) for i in sel])
             files.atomic_write(tmp["summary"], json.dumps(summary, indent=2, sort_keys=True))
@@ -144,7 +147,8 @@ def write_outputs(
 
             report.scan_report(tmp["report"], stem, summary, None if lesion is None
                                else lesion[1], {"overlay": tmp["overlay"],
-                                                "panels": tmp["panels"]})
+                                                "panels": tmp["panels"],
+                                                "viewer_name": names["viewer"]})
     except BaseException:
         # A rename that failed after others succeeded: take the new files back out.
         for k, v in names.items():

@@ -192,6 +192,10 @@ def scan_report(path: str, stem: str, summary: Mapping[str, Any],
                  table(lesion_rows or [])]
     for title, key in (("Overlay", "overlay"), ("Panels", "panels")):
         body += [f"<h2>{title}</h2>", _png(images.get(key))]
+    if images.get("viewer_name"):  # a sibling file: the link survives the final rename
+        name = html.escape(os.path.basename(images["viewer_name"]))
+        body.append(f"<p><a href='{name}'>Interactive viewer</a> (every slice, the map over "
+                    "the scan; nilearn <code>view_img</code>)</p>")
     return files.atomic_write(path, _page(f"madad-jax: {stem}", body))
 
 
