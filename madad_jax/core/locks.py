@@ -120,8 +120,13 @@ def _release(directory: str, token: str) -> None:
             os.remove(path)
 
 
+class Terminated(SystemExit):
+    """SIGTERM while a lock is held: unwinds the block (exit code 143 if uncaught); the
+    commands report it in one line with `errors.PREEMPTED_EXIT`."""
+
+
 def _raise_on_sigterm(signum, frame) -> None:
-    raise SystemExit(128 + signum)
+    raise Terminated(128 + signum)
 
 
 @contextlib.contextmanager
