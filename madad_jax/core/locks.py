@@ -126,6 +126,8 @@ class Terminated(SystemExit):
 
 
 def _raise_on_sigterm(signum, frame) -> None:
+    # The process is on its way out: a second SIGTERM must not cut the unwinding short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated(128 + signum)
 
 
@@ -143,7 +145,8 @@ def _unwind_on_sigterm() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:  # ignored once stopping
+            signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

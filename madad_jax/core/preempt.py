@@ -61,5 +61,5 @@ def watch() -> Iterator[Watch]:
     signal.signal(signal.SIGTERM, w.handle)
     try:
         yield w
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    finally:  # once asked to stop, later SIGTERMs must not cut the exit short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN if w.signals else previous)
