@@ -7,7 +7,9 @@ then resumes and ends bit-equal to an uninterrupted run.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -158,3 +160,24 @@ def test_a_differing_architecture_is_named_before_work_and_sigterm_stops_it(ctx,
     assert "the checkpoint's architecture is used" in warning
     rest = "\n".join(r.stderr.splitlines()[1:])
     assert rest.startswith("error: stopped by SIGTERM") and "Traceback" not in rest, rest
+
+
+# the launch scripts retry on PREEMPTED_EXIT ----------------------------------------------
+
+def test_resume_loop_resumes_a_run_that_exited_preempted(tmp_path):
+    """`launch/tpu/resume_loop.sh` with a stub slice: a run exiting PREEMPTED_EXIT is run
+    again (a run failing with 1 on a healthy slice is not)."""
+    shutil.copy(fh.REPO / "launch/tpu/resume_loop.sh", tmp_path / "resume_loop.sh")
+    (tmp_path / "common.sh").write_text("tpu_state() { echo READY; }\nTPU_NAME=stub\n")
+    runs = tmp_path / "runs"
+    (tmp_path / "run.sh").write_text(
+        f'echo x >> {runs}\n[[ $(wc -l < {runs}) -ge 2 ]] && exit 0\nexit "$FIRST"\n')
+    for first, want_runs, want_rc in ((PREEMPTED_EXIT, 2, 0), (1, 1, 1)):
+        runs.unlink(missing_ok=True)
+        r = subprocess.run(["bash", str(tmp_path / "resume_loop.sh"), "cfg", "wd"],
+                           env=dict(os.environ, FIRST=str(first), MAX_ATTEMPTS="3"),
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == want_rc, r.stdout + r.stderr
+        assert len(runs.read_text().splitlines()) == want_runs, r.stdout + r.stderr
+    slurm = (fh.REPO / "launch/slurm_multinode.sbatch").read_text()
+    assert f"rc -eq {PREEMPTED_EXIT} ]]" in slurm and "scontrol requeue" in slurm
