@@ -74,14 +74,15 @@ def run_checkpoint(config, workdir: str) -> str:
     return path
 
 
-def restore_for_run(config, workdir: str, data_size: int | None = None) -> Restored:
+def restore_for_run(config, workdir: str, data_size: int | None = None,
+                    warn: bool = False) -> Restored:
     """The checkpoint a run reads (`run_checkpoint`); the EMA weights unless
     `evaluate.use_ema` is off. Before any work: a one-line refusal when its model does not
-    take the `data_size`-square slices the run's data has, else a `warning: ` line naming
-    the architecture keys where it and `config` differ (the checkpoint's are used)."""
+    take the `data_size`-square slices the run's data has; with `warn`, a `warning: ` line
+    naming the architecture keys where it and `config` differ (the checkpoint's are used)."""
     r = restore(run_checkpoint(config, workdir), ema=bool(config.evaluate.use_ema))
     check_fit(r, data_size, "the config's data")
-    line = mismatch_line(config, r.arch, r.directory)
+    line = mismatch_line(config, r.arch, r.directory) if warn else None
     if line:
         print(f"warning: {line}", file=sys.stderr, flush=True)
     return r
@@ -96,7 +97,7 @@ def check_fit(r: Restored, data_size: int | None, what: str) -> None:
         f"{r.directory} holds a model for {size}x{size} slices, but {what} is "
         f"{data_size}x{data_size}: they cannot fit; use a checkpoint trained at "
         f"{data_size}x{data_size}, or data made at {size}x{size} (--config.image_size={size} "
-        "for the demo and PNG data, convert --image-size for shards)")
+        "for the demo data, convert --image-size for shards)")
 
 
 def config_from_checkpoint(
