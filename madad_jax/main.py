@@ -21,7 +21,8 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from madad_jax.config import MODES, validate
-from madad_jax.core.errors import MadadError
+from madad_jax.core import locks
+from madad_jax.core.errors import PREEMPTED_EXIT, MadadError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a configs/*.py file defining get_config().", lock_config=True
@@ -149,10 +150,13 @@ def main(argv: list[str]) -> None:
         if verbose:
             raise
         _fail("interrupted", code=130, quiet_after=True)
+    except locks.Terminated:  # SIGTERM outside a step loop: the writes so far are whole
+        _fail("stopped by SIGTERM before its work was done; what was written is kept and "
+              "the same command resumes", code=PREEMPTED_EXIT, quiet_after=True)
     except bad_input_errors() as err:
         if verbose:
             raise
-        _fail(describe(err), quiet_after=True)
+        _fail(describe(err), code=getattr(err, "exit_code", 1), quiet_after=True)
 
 
 def _drop_closed_loop_reports() -> None:

@@ -3,7 +3,8 @@
 #   SPOT=1 bash launch/tpu/resume_loop.sh CONFIG WORKDIR [--config.KEY=VALUE ...]
 # Resuming is automatic (the same command in the same WORKDIR continues from the newest
 # checkpoint), so after a preemption this recreates the slice, reinstalls the code and runs
-# the same command again. A run that fails while the slice is still READY (bad input, a
+# the same command again. A run stopped by SIGTERM exits 75 after saving the step it
+# reached, and is always resumed. A run that fails while the slice is still READY (bad input, a
 # diverged loss) is not retried unless RETRY_ON_ERROR=1. MAX_ATTEMPTS bounds the retries.
 set -euo pipefail
 here="$(dirname "$0")"
@@ -26,9 +27,15 @@ for ((attempt = 1; attempt <= max_attempts; attempt++)); do
     *)
       sleep 60; continue ;;  # CREATING, STARTING, REPAIRING, ...
   esac
-  if bash "$here/run.sh" "$@"; then
+  rc=0
+  bash "$here/run.sh" "$@" || rc=$?
+  if [[ $rc -eq 0 ]]; then
     echo "[resume_loop] training finished"
     exit 0
+  fi
+  if [[ $rc -eq 75 ]]; then  # PREEMPTED_EXIT: saved the step reached on SIGTERM; resume
+    echo "[resume_loop] the run saved its step and stopped on SIGTERM (exit 75): resuming"
+    continue
   fi
   if [[ "$(tpu_state)" == "READY" && "${RETRY_ON_ERROR:-0}" != "1" ]]; then
     echo "[resume_loop] the run failed on a healthy slice; see ~/madad-train.log" >&2

@@ -15,3 +15,15 @@ class MadadError(Exception):
 
 class InputError(MadadError, ValueError):
     """Input that cannot be used: `str(err)` says which and why, in one line."""
+
+
+# The exit code of a run stopped by SIGTERM (a preemption) after it saved what it had done:
+# EX_TEMPFAIL of sysexits.h, "try again". The launch scripts retry on it.
+PREEMPTED_EXIT = 75
+
+
+class Preempted(MadadError):
+    """SIGTERM (or the multi-host preemption notice) stopped the run at a clean boundary,
+    after its work so far was saved; the same command resumes it."""
+
+    exit_code = PREEMPTED_EXIT

@@ -120,8 +120,15 @@ def _release(directory: str, token: str) -> None:
             os.remove(path)
 
 
+class Terminated(SystemExit):
+    """SIGTERM while a lock is held: unwinds the block (exit code 143 if uncaught); the
+    commands report it in one line with `errors.PREEMPTED_EXIT`."""
+
+
 def _raise_on_sigterm(signum, frame) -> None:
-    raise SystemExit(128 + signum)
+    # The process is on its way out: a second SIGTERM must not cut the unwinding short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated(128 + signum)
 
 
 @contextlib.contextmanager
@@ -138,7 +145,8 @@ def _unwind_on_sigterm() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:  # ignored once stopping
+            signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

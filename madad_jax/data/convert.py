@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from madad_jax.core import locks
-from madad_jax.core.errors import InputError
+from madad_jax.core.errors import PREEMPTED_EXIT, InputError
 from madad_jax.data import png, preprocess
 from madad_jax.data.errors import BadInputError, check_policy
 from madad_jax.data.layouts import LAYOUTS, check_root, discover_nifti
@@ -307,6 +307,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with locks.hold(args.output, "conversion"):
             manifests = _convert(args)
+    except locks.Terminated:  # SIGTERM: the subjects written so far are whole and kept
+        print("error: stopped by SIGTERM; the shards written so far are kept and the same "
+              "command resumes", file=sys.stderr)
+        return PREEMPTED_EXIT
     except (BadInputError, ValueError, OSError) as err:
         if args.verbose:
             raise

@@ -207,7 +207,11 @@ def write_panels(path: str, test: dict[str, Any], outputs: dict[str, np.ndarray]
 
 def run(config, workdir: str) -> dict[str, Any]:
     """Evaluate the checkpoint on the test split; returns what metrics.json holds."""
-    restored = loading.restore_for_run(config, workdir)
+    # The demo's slices are made at config.image_size, shards hold theirs (checked once
+    # read); PNG slices are resized to the model's size, so they fit any checkpoint.
+    made = config.data.kind == "demo"
+    restored = loading.restore_for_run(config, workdir,
+                                       int(config.image_size) if made else None, warn=True)
     config = config.copy_and_resolve_references()
     apply_arch(config, restored.arch)
     models = loading.build_models(config)
@@ -218,6 +222,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     test = _sorted(sources.eval_slices(config, "test"),
                    int(config.evaluate.max_examples))
     images, segs = test["images"], test.get("segmentations")
+    loading.check_fit(restored, int(images.shape[1]), "the test split")
     e = config.evaluate
     val = val_sampler = chosen = None
     if segs is not None and (e.select.enabled or e.ablations or e.baseline):

@@ -42,3 +42,37 @@ def tuplify(x: Any) -> Any:
     if isinstance(x, list):
         return tuple(tuplify(v) for v in x)
     return x
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
+
+
+def differences(config, arch: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """`(key, stored, asked)` for each architecture key where a checkpoint's `arch` and
+    `config` disagree (keys only one of them has are not compared)."""
+    asked, stored = _flat(arch_from_config(config)), _flat(to_json(arch))
+    name = stored.get("model.name", asked.get("model.name"))
+    families = {"model.unet", "model.dit"} - {f"model.{name}"}  # the other model's keys
+    keys = [k for k in stored if k in asked and stored[k] != asked[k]
+            and ".".join(k.split(".")[:2]) not in families]
+    first = ("image_size", "model.name", "latent_scale", "latent_whitening")
+    keys.sort(key=lambda k: (first.index(k) if k in first else len(first), k))
+    return [(k, stored[k], asked[k]) for k in keys]
+
+
+def mismatch_line(config, arch: dict[str, Any], where: str, limit: int = 4) -> str | None:
+    """One line saying that the checkpoint at `where` is used over the config's differing
+    architecture keys, and why; None when they agree."""
+    diff = differences(config, arch)
+    if not diff:
+        return None
+    shown = ", ".join(f"{k}={s!r} (config: {a!r})" for k, s, a in diff[:limit])
+    more = f" and {len(diff) - limit} more" if len(diff) > limit else ""
+    return (f"{where} holds a model with {shown}{more}; the checkpoint's architecture is used, "
+            "since its parameters fix the shapes")

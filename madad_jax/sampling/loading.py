@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from typing import Any, NamedTuple
 
 import ml_collections
@@ -16,7 +17,7 @@ from madad_jax.config import default_config
 from madad_jax.core import checkpoint as ckpt
 from madad_jax.core.errors import InputError
 from madad_jax.data.errors import BadInputError
-from madad_jax.models.arch import apply_arch, tuplify
+from madad_jax.models.arch import apply_arch, mismatch_line, tuplify
 
 log = logging.getLogger("madad_jax.analysis")
 
@@ -73,10 +74,30 @@ def run_checkpoint(config, workdir: str) -> str:
     return path
 
 
-def restore_for_run(config, workdir: str) -> Restored:
+def restore_for_run(config, workdir: str, data_size: int | None = None,
+                    warn: bool = False) -> Restored:
     """The checkpoint a run reads (`run_checkpoint`); the EMA weights unless
-    `evaluate.use_ema` is off."""
-    return restore(run_checkpoint(config, workdir), ema=bool(config.evaluate.use_ema))
+    `evaluate.use_ema` is off. Before any work: a one-line refusal when its model does not
+    take the `data_size`-square slices the run's data has; with `warn`, a `warning: ` line
+    naming the architecture keys where it and `config` differ (the checkpoint's are used)."""
+    r = restore(run_checkpoint(config, workdir), ema=bool(config.evaluate.use_ema))
+    check_fit(r, data_size, "the config's data")
+    line = mismatch_line(config, r.arch, r.directory) if warn else None
+    if line:
+        print(f"warning: {line}", file=sys.stderr, flush=True)
+    return r
+
+
+def check_fit(r: Restored, data_size: int | None, what: str) -> None:
+    """Refuse (InputError) when `r`'s model takes other slices than `data_size` square."""
+    size = r.arch.get("image_size")
+    if data_size is None or size is None or int(size) == int(data_size):
+        return
+    raise InputError(
+        f"{r.directory} holds a model for {size}x{size} slices, but {what} is "
+        f"{data_size}x{data_size}: they cannot fit; use a checkpoint trained at "
+        f"{data_size}x{data_size}, or data made at {size}x{size} (--config.image_size={size} "
+        "for the demo data, convert --image-size for shards)")
 
 
 def config_from_checkpoint(

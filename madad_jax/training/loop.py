@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
@@ -20,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from madad_jax.core import checkpoint as ckpt
-from madad_jax.core import damage
+from madad_jax.core import damage, preempt
 from madad_jax.core import mesh as mesh_lib
-from madad_jax.core.errors import MadadError
+from madad_jax.core.errors import MadadError, Preempted
 from madad_jax.training.logger import Logger
 
 State = dict[str, Any]
@@ -194,30 +195,35 @@ def fit(
     logged: dict[str, float] = {}
     tracing = False
     try:
-        for step in range(start, s.num_steps):
-            tracing = _profile(s.profile, step, workdir, tracing, state)
-            local = next(batches)
-            state, metrics = task.step_fn(step)(state, task.put_batch(local))
-            done = step + 1
-            pending.append((done, metrics))
-            save = done % checkpoint_every == 0 or done == s.num_steps
-            if s.steps_per_epoch and done % s.steps_per_epoch == 0:
-                log.scalars(done, _epoch_row(metrics, done // s.steps_per_epoch),
-                            prefix=f"{name}_epoch")
-            if done % log_every == 0 or save:
-                rows = _host_metrics(pending)
-                pending = []
-                _check_finite(rows, last_good, ckpt_dir)
-                logged = _mean_rows(rows)
-                log.scalars(done, logged)
-            if save:
-                data_state = batches.get_state() if hasattr(batches, "get_state") else None
-                ckpt.save_train_state(mngr, done, state, arch, config_json, data_state,
-                                      logged)
-                last_good = done
-            if copies and s.validates_at(done):
-                _validate(task, state, done, val_batches, copies, best, arch, log, workdir)
-            log.step(done)
+        with preempt.watch() as stop:
+            for step in range(start, s.num_steps):
+                tracing = _profile(s.profile, step, workdir, tracing, state)
+                local = next(batches)
+                state, metrics = task.step_fn(step)(state, task.put_batch(local))
+                done = step + 1
+                pending.append((done, metrics))
+                stopping = stop.reached(done, mngr)
+                save = done % checkpoint_every == 0 or done == s.num_steps or stopping
+                if s.steps_per_epoch and done % s.steps_per_epoch == 0:
+                    log.scalars(done, _epoch_row(metrics, done // s.steps_per_epoch),
+                                prefix=f"{name}_epoch")
+                if done % log_every == 0 or save:
+                    rows = _host_metrics(pending)
+                    pending = []
+                    _check_finite(rows, last_good, ckpt_dir)
+                    logged = _mean_rows(rows)
+                    log.scalars(done, logged)
+                if save:
+                    t0 = time.perf_counter()
+                    data_state = batches.get_state() if hasattr(batches, "get_state") else None
+                    ckpt.save_train_state(mngr, done, state, arch, config_json, data_state,
+                                          logged)
+                    last_good = done
+                if stopping:  # before validating: the notice leaves little time
+                    _stop_preempted(mngr, done, ckpt_dir, t0)
+                if copies and s.validates_at(done):
+                    _validate(task, state, done, val_batches, copies, best, arch, log, workdir)
+                log.step(done)
         if tracing:
             _profile(s.profile, s.profile[1] + 1, workdir, tracing, state)
         if start >= s.num_steps:
@@ -227,19 +233,32 @@ def fit(
             m.close()
         log.close()
     except BaseException as err:
-        if tracing:
-            with contextlib.suppress(Exception):
-                jax.profiler.stop_trace()
-        # One error is reported; the managers' own failures while closing would bury it.
-        for m in [mngr, *(m for _, m in copies.values())]:
-            _close_quietly(m)
-        _close_quietly(log)
-        if isinstance(err, Exception) and not getattr(err, "filename", None):
-            os_err = damage.os_error_of(err, ckpt_dir)
-            if os_err is not None:  # a full disk, a read-only file system: one line
-                raise os_err from err
+        _after_error(err, tracing, [mngr, *(m for _, m in copies.values()), log], ckpt_dir)
         raise
     return state
+
+
+def _stop_preempted(mngr, done: int, ckpt_dir: str, t0: float) -> None:
+    """Finish the save of step `done` (begun at `t0`) and raise `Preempted`."""
+    mngr.wait_until_finished()
+    raise Preempted(
+        f"stopped by SIGTERM after step {done}: saved it to {ckpt_dir} "
+        f"in {time.perf_counter() - t0:.1f} s; run the same command again to resume")
+
+
+def _after_error(err: BaseException, tracing: bool, closables: list, ckpt_dir: str) -> None:
+    """Close what `fit` opened after `err`; a full disk or a read-only file system found
+    inside Orbax's error is raised as the OSError itself (one line)."""
+    if tracing:
+        with contextlib.suppress(Exception):
+            jax.profiler.stop_trace()
+    # One error is reported; the managers' own failures while closing would bury it.
+    for m in closables:
+        _close_quietly(m)
+    if isinstance(err, Exception) and not getattr(err, "filename", None):
+        os_err = damage.os_error_of(err, ckpt_dir)
+        if os_err is not None:
+            raise os_err from err
 
 
 def _profile(steps: tuple[int, ...], step: int, workdir: str, tracing: bool,
