@@ -232,7 +232,13 @@ def evaluate_section() -> ml_collections.ConfigDict:
     """`evaluate`: the protocols of mode=evaluate and the settings' selection."""
     return ml_collections.ConfigDict(
         dict(
-            protocols=("slice",),  # slice (reference) and/or volume (Behrendt et al.)
+            # The plug-ins of mode=evaluate (evaluation.protocols), run in their fixed order:
+            # slice (the reference's), volume (Behrendt et al.), baseline, selection (what
+            # `select` chose), mask_head, ablations, results (calibration, detection,
+            # intervals, model card), report. A tuple of only slice / volume (the spelling
+            # before the plug-ins) means those plus all the others.
+            protocols=("slice", "baseline", "selection", "mask_head", "ablations", "results",
+                       "report"),
             batch_size=16,
             max_examples=0,  # 0: all
             # Lesion-size bins (small < a <= medium < b <= large): () = terciles of the test

@@ -31,7 +31,9 @@ EVAL_CHECKPOINTS = ("latest", "best_loss", "best_mse", "best_mask_prediction")
 PREDICT_GEOMETRIES = ("auto", "pad", "brain", "mni_grid")  # evaluation.predict.GEOMETRIES
 THRESHOLDS = ("oracle", "healthy_fpr", "percentile")  # evaluation.calibration.METHODS
 PREDICT_LAYOUTS = ("flat", "bids")
-PROTOCOLS = ("slice", "volume")
+# evaluation.protocols.ORDER
+PROTOCOLS = ("slice", "volume", "baseline", "selection", "mask_head", "ablations", "results",
+             "report")
 PARAM_SHARDINGS = ("replicated", "fsdp")
 DISTRIBUTED = ("auto", "on", "off", "true", "false", "1", "0", "yes", "no")
 GROUPS = 32  # madad_jax.models.layers.GroupNorm's group count
@@ -278,6 +280,8 @@ def _evaluation(c: Checker) -> None:
     if (not isinstance(protocols, (list, tuple)) or not protocols
             or any(p not in PROTOCOLS for p in protocols)):
         c.fail("evaluate.protocols", f"must be a non-empty tuple of {' | '.join(PROTOCOLS)}")
+    elif "slice" not in protocols:
+        c.fail("evaluate.protocols", "must include slice (the other protocols build on it)")
     c.integer("evaluate.batch_size", 0)
     c.integer("evaluate.max_examples", 0)
     c.integer("evaluate.num_panels", 0)

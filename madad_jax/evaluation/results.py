@@ -23,11 +23,10 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from madad_jax.core import files
-from madad_jax.data import sources
 from madad_jax.evaluation import bootstrap, calibration
 from madad_jax.evaluation import volume_metrics as vm
 
-MapsFn = Callable[[np.ndarray], np.ndarray]
+SplitFn = Callable[[], Mapping[str, Any] | None]
 
 
 def spacing_of(config) -> tuple[float, float, float] | None:
@@ -71,36 +70,26 @@ def detection(data: Mapping[str, Any], maps: np.ndarray, q: float) -> dict[str, 
             "volume": _ranking(vol_scores, np.array([v.lesion_voxels > 0 for v in vols]))}
 
 
-def _val_split(config, val: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
-    if val is not None:
-        return val
-    data = sources.eval_slices(config, "val")
-    if data is None:
-        return None
-    order = np.argsort([str(n) for n in data["names"]], kind="stable")
-    return {k: (v[order] if isinstance(v, np.ndarray) and len(v) == len(order) else v)
-            for k, v in data.items()}
-
-
 def extend(config, result: dict[str, Any], test: Mapping[str, Any], maps: np.ndarray,
-           val: Mapping[str, Any] | None, maps_fn: MapsFn, checkpoint: str,
+           val_split: SplitFn, val_maps: Callable[[], np.ndarray], checkpoint: str,
            step: int | None) -> dict[str, Any]:
     """Add `calibrated`, `detection` and `intervals` to `result` (test maps with labels);
-    returns what `write` puts on disk."""
+    `val_split` and `val_maps` give the val split and its maps, asked for only when the
+    threshold is calibrated. Returns what `write` puts on disk."""
     e = config.evaluate
     extras: dict[str, Any] = {"calibration": None, "volume_rows": None}
     segs = test["segmentations"]
     result["detection"] = detection(test, maps, float(e.detection_quantile))
     method = str(e.threshold)
     if method != "oracle":
-        v = _val_split(config, val)
+        v = val_split()
         if v is None:
             print(f"warning: evaluate.threshold={method} needs a val split; no calibrated figures",
                   file=sys.stderr)
         else:
             s = config.sample
             rec = calibration.calibrate(
-                method, maps_fn(v["images"]), v["brainmasks"], v.get("segmentations"),
+                method, val_maps(), v["brainmasks"], v.get("segmentations"),
                 target_fpr=float(e.target_fpr), percentile=float(e.threshold_percentile),
                 split="val", checkpoint=checkpoint, step=step,
                 map_settings={"ddim_steps": int(s.ddim_steps), "eta": float(s.eta),
