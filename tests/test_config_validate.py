@@ -124,7 +124,6 @@ ROWS = [
     ({"vae_train.log_every_steps": 0}, "vae_train.log_every_steps", ">= 1"),
     ({"vae_train.checkpoint_every_steps": 0}, "vae_train.checkpoint_every_steps", ">= 1"),
     ({"vae_train.keep_checkpoints": 0}, "vae_train.keep_checkpoints", ">= 1"),
-    ({"vae_train.val_every_steps": -1}, "vae_train.val_every_steps", ">= 0"),
     ({"mesh.data": 0}, "mesh.data", "-1 (every device left) or >= 1"),
     ({"mesh.fsdp": -2}, "mesh.fsdp", "-1 (every device left) or >= 1"),
     ({"mesh.param_sharding": "zero"}, "mesh.param_sharding", "replicated | fsdp"),

@@ -208,7 +208,6 @@ def vae_train_section() -> ml_collections.ConfigDict:
             checkpoint_every_steps=1_000,
             keep_checkpoints=3,
             seed=0,  # the autoencoder's initialization and posterior draws (+17, as before)
-            val_every_steps=0,  # the autoencoder has no validation; kept for the loop's settings
             resume_from_damaged="stop",  # stop | previous (as train.resume_from_damaged)
         )
     )

@@ -227,7 +227,6 @@ def _vae_training(c: Checker) -> None:
     c.integer("vae_train.checkpoint_every_steps", 1)
     c.integer("vae_train.keep_checkpoints", 1)
     c.integer("vae_train.seed")
-    c.integer("vae_train.val_every_steps", 0)
 
 
 def _mesh(c: Checker, devices: int | None, batch_keys: Sequence[str]) -> None:

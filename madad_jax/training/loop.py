@@ -120,7 +120,8 @@ class LoopSettings:
         kw = dict(num_steps=int(section.num_steps if num_steps is None else num_steps),
                   batch_size=int(section.batch_size), log_every=int(section.log_every_steps),
                   checkpoint_every=int(section.checkpoint_every_steps),
-                  keep=int(section.keep_checkpoints), val_every=int(section.val_every_steps),
+                  keep=int(section.keep_checkpoints),
+                  val_every=int(section.get("val_every_steps", 0)),  # the autoencoder has none
                   resume_from_damaged=str(section.resume_from_damaged),
                   profile=tuple(int(x) for x in (section.get("profile_steps") or ())))
         return cls(name, ckpt_dir, **dict(kw, **overrides))
