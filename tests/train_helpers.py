@@ -100,7 +100,7 @@ def save_vae(config, directory: str, seed: int = 1) -> str:
     return directory
 
 
-def train_denoiser(config, workdir: str, batches, vae_params, val_batches=None):
+def train_denoiser(config, workdir: str, batches, vae_params, val_batches=None, on_step=None):
     """The denoiser's task, settings and `fit`, as `training.run.train` calls them after its
     plan: train to `train.num_steps`, resuming from `workdir/checkpoints/`."""
     from madad_jax.core import mesh
@@ -111,4 +111,4 @@ def train_denoiser(config, workdir: str, batches, vae_params, val_batches=None):
     task = denoiser.make_task(config, mesh.make_mesh(config), vae_params)
     return fit(task, workdir, batches, denoiser.loop_settings(config, workdir),
                arch=arch_from_config(config), config_json=config_json(config),
-               val_batches=val_batches)
+               val_batches=val_batches, on_step=on_step)

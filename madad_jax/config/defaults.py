@@ -176,7 +176,9 @@ def train_section() -> ml_collections.ConfigDict:
             checkpoint_every_steps=1_000,
             keep_checkpoints=3,
             resume_from_damaged="stop",  # a damaged newest step: stop | previous (good step)
-            eval_every_steps=0,  # 0: only at the end
+            # > 0: every this many steps, a few val slices scored into DIR/tb (train_eval/:
+            # max Dice, AUROC, the mask head's AUROC, a panel); 0: none
+            eval_every_steps=0,
             # (first, last): a jax.profiler trace of these steps in DIR/tb/profile
             profile_steps=(),
             val_every_steps=0,  # validation loss + best copy (needs data.val_path); 0: at saves
