@@ -117,7 +117,8 @@ def _workdir_lock(config, workdir: str):
 
 def _run_mode(config, workdir: str, mode: str) -> None:
     if mode in ("train", "train_and_evaluate"):
-        importlib.import_module("madad_jax.training.run").train(config, workdir)
+        probe = importlib.import_module("madad_jax.evaluation.during_training").probe
+        importlib.import_module("madad_jax.training.run").train(config, workdir, probe=probe)
     if mode in ("evaluate", "train_and_evaluate"):
         importlib.import_module("madad_jax.evaluation.evaluate").run(config, workdir)
     if mode == "predict":

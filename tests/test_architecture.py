@@ -141,8 +141,6 @@ MAX_FUNCTION_LINES = 80
 OVERSIZE: dict[str, str] = {
     "madad_jax/evaluation/volume_metrics.py": "the per-volume protocol of Behrendt et al. in "
                                               "one place; evaluation is changing on main",
-    "madad_jax/evaluation/evaluate.py::run": "the protocols' wiring; evaluation is changing "
-                                             "on main (issue 20)",
 }
 
 

@@ -124,7 +124,6 @@ ROWS = [
     ({"vae_train.log_every_steps": 0}, "vae_train.log_every_steps", ">= 1"),
     ({"vae_train.checkpoint_every_steps": 0}, "vae_train.checkpoint_every_steps", ">= 1"),
     ({"vae_train.keep_checkpoints": 0}, "vae_train.keep_checkpoints", ">= 1"),
-    ({"vae_train.val_every_steps": -1}, "vae_train.val_every_steps", ">= 0"),
     ({"mesh.data": 0}, "mesh.data", "-1 (every device left) or >= 1"),
     ({"mesh.fsdp": -2}, "mesh.fsdp", "-1 (every device left) or >= 1"),
     ({"mesh.param_sharding": "zero"}, "mesh.param_sharding", "replicated | fsdp"),
@@ -132,6 +131,7 @@ ROWS = [
     ({"mesh.data": 2}, "mesh.data", "must equal the 1 devices"),
     ({"evaluate.protocols": ("pixel",)}, "evaluate.protocols", "slice | volume"),
     ({"evaluate.protocols": ()}, "evaluate.protocols", "non-empty"),
+    ({"evaluate.protocols": ("volume", "report")}, "evaluate.protocols", "must include slice"),
     ({"evaluate.batch_size": -1}, "evaluate.batch_size", ">= 0"),
     ({"evaluate.max_examples": -1}, "evaluate.max_examples", ">= 0"),
     ({"evaluate.num_panels": -1}, "evaluate.num_panels", ">= 0"),
@@ -344,6 +344,7 @@ def test_demo_validates_with_its_paths(tmp_path):
 
 def test_names_match_the_stages_that_use_them():
     from madad_jax import main
+    from madad_jax.evaluation import protocols
     from madad_jax.sampling.anomaly import MAP_SOURCES
     from madad_jax.sampling.loading import RUN_CHECKPOINTS
     from madad_jax.training.optimizer import LR_SCHEDULES
@@ -352,6 +353,7 @@ def test_names_match_the_stages_that_use_them():
     assert config_lib.MAP_SOURCES == MAP_SOURCES
     assert set(config_lib.EVAL_CHECKPOINTS) == set(RUN_CHECKPOINTS)
     assert config_lib.LR_SCHEDULES == LR_SCHEDULES
+    assert config_lib.PROTOCOLS == protocols.ORDER
 
 
 # The rows, through the public command.

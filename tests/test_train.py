@@ -5,7 +5,7 @@ import math
 import jax
 import numpy as np
 import pytest
-from train_helpers import ArrayBatches, make_slices, random_vae_params, tiny_config
+from train_helpers import ArrayBatches, make_slices, random_vae_params, tiny_config, train_denoiser
 
 from madad_jax.core import checkpoint, mesh
 from madad_jax.training import denoiser as denoiser_task
@@ -114,7 +114,7 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     data = make_slices(16, 32)
     vae = random_vae_params(c)
     with pytest.raises(loop.TrainingDiverged, match="step 5.*last good checkpoint is step 4"):
-        denoiser_task.train_loop(c, str(tmp_path), NaNAt(data, 8, bad=4), vae)
+        train_denoiser(c, str(tmp_path), NaNAt(data, 8, bad=4), vae)
     ckpt_dir = tmp_path / "checkpoints"
     assert checkpoint.latest_step(str(ckpt_dir)) == 4
     params, _ = checkpoint.load_params(str(ckpt_dir))

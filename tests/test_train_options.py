@@ -5,7 +5,14 @@ import struct
 import jax
 import numpy as np
 import pytest
-from train_helpers import ArrayBatches, make_slices, random_vae_params, tiny_config, write_shards
+from train_helpers import (
+    ArrayBatches,
+    make_slices,
+    random_vae_params,
+    tiny_config,
+    train_denoiser,
+    write_shards,
+)
 
 from madad_jax.core import checkpoint, mesh
 from madad_jax.training import denoiser as denoiser_task
@@ -66,7 +73,7 @@ def test_ema_and_best_validation_checkpoints(tmp_path):
     c.train.update(dict(num_steps=4, checkpoint_every_steps=2, log_every_steps=2))
     data = make_slices(24, 32, seed=1)
     val = [{k: v[16 + 4 * i:16 + 4 * i + 8] for k, v in data.items()} for i in range(2)]
-    denoiser_task.train_loop(c, str(tmp_path), ArrayBatches(data, 8), random_vae_params(c), val)
+    train_denoiser(c, str(tmp_path), ArrayBatches(data, 8), random_vae_params(c), val)
 
     tags = _scalar_tags(tmp_path / "tb")
     assert {"train/loss", "train/mse", "train/mask_loss", "train/mask_acc", "train/lr",
@@ -93,11 +100,11 @@ def test_ema_and_best_validation_checkpoints(tmp_path):
     assert checkpoint.latest_step(str(best)) in (2, 4)
     # EMA can be turned off on resume; turning it back on without EMA weights is an error.
     c.train.update(dict(ema=False, num_steps=6))
-    denoiser_task.train_loop(c, str(tmp_path), ArrayBatches(data, 8), None)
+    train_denoiser(c, str(tmp_path), ArrayBatches(data, 8), None)
     assert "ema" not in checkpoint.step_items(checkpoint.train_manager(str(ckpts), 2), 6)
     c.train.update(dict(ema=True, num_steps=8))
     with pytest.raises(ValueError, match=r"lacks \['ema'\]"):
-        denoiser_task.train_loop(c, str(tmp_path), ArrayBatches(data, 8), None)
+        train_denoiser(c, str(tmp_path), ArrayBatches(data, 8), None)
 
 
 def test_bfloat16_compute_keeps_float32_state():

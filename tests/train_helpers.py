@@ -98,3 +98,17 @@ def save_vae(config, directory: str, seed: int = 1) -> str:
     params = random_vae_params(config, seed)
     checkpoint.save_params(directory, {"vae": params}, arch_from_config(config))
     return directory
+
+
+def train_denoiser(config, workdir: str, batches, vae_params, val_batches=None, on_step=None):
+    """The denoiser's task, settings and `fit`, as `training.run.train` calls them after its
+    plan: train to `train.num_steps`, resuming from `workdir/checkpoints/`."""
+    from madad_jax.core import mesh
+    from madad_jax.models.arch import arch_from_config
+    from madad_jax.training import denoiser
+    from madad_jax.training.loop import config_json, fit
+
+    task = denoiser.make_task(config, mesh.make_mesh(config), vae_params)
+    return fit(task, workdir, batches, denoiser.loop_settings(config, workdir),
+               arch=arch_from_config(config), config_json=config_json(config),
+               val_batches=val_batches, on_step=on_step)

@@ -181,7 +181,9 @@ def train_section() -> ml_collections.ConfigDict:
             checkpoint_every_steps=1_000,
             keep_checkpoints=3,
             resume_from_damaged="stop",  # a damaged newest step: stop | previous (good step)
-            eval_every_steps=0,  # 0: only at the end
+            # > 0: every this many steps, a few val slices scored into DIR/tb (train_eval/:
+            # max Dice, AUROC, the mask head's AUROC, a panel); 0: none
+            eval_every_steps=0,
             # (first, last): a jax.profiler trace of these steps in DIR/tb/profile
             profile_steps=(),
             val_every_steps=0,  # validation loss + best copy (needs data.val_path); 0: at saves
@@ -213,7 +215,6 @@ def vae_train_section() -> ml_collections.ConfigDict:
             checkpoint_every_steps=1_000,
             keep_checkpoints=3,
             seed=0,  # the autoencoder's initialization and posterior draws (+17, as before)
-            val_every_steps=0,  # the autoencoder has no validation; kept for the loop's settings
             resume_from_damaged="stop",  # stop | previous (as train.resume_from_damaged)
         )
     )
@@ -237,7 +238,13 @@ def evaluate_section() -> ml_collections.ConfigDict:
     """`evaluate`: the protocols of mode=evaluate and the settings' selection."""
     return ml_collections.ConfigDict(
         dict(
-            protocols=("slice",),  # slice (reference) and/or volume (Behrendt et al.)
+            # The plug-ins of mode=evaluate (evaluation.protocols), run in their fixed order:
+            # slice (the reference's), volume (Behrendt et al.), baseline, selection (what
+            # `select` chose), mask_head, ablations, results (calibration, detection,
+            # intervals, model card), report. A tuple of only slice / volume (the spelling
+            # before the plug-ins) means those plus all the others.
+            protocols=("slice", "baseline", "selection", "mask_head", "ablations", "results",
+                       "report"),
             batch_size=16,
             max_examples=0,  # 0: all
             # Lesion-size bins (small < a <= medium < b <= large): () = terciles of the test

@@ -31,7 +31,9 @@ EVAL_CHECKPOINTS = ("latest", "best_loss", "best_mse", "best_mask_prediction")
 PREDICT_GEOMETRIES = ("auto", "pad", "brain", "mni_grid")  # evaluation.predict.GEOMETRIES
 THRESHOLDS = ("oracle", "healthy_fpr", "percentile")  # evaluation.calibration.METHODS
 PREDICT_LAYOUTS = ("flat", "bids")
-PROTOCOLS = ("slice", "volume")
+# evaluation.protocols.ORDER
+PROTOCOLS = ("slice", "volume", "baseline", "selection", "mask_head", "ablations", "results",
+             "report")
 PARAM_SHARDINGS = ("replicated", "fsdp")
 DISTRIBUTED = ("auto", "on", "off", "true", "false", "1", "0", "yes", "no")
 GROUPS = 32  # madad_jax.models.layers.GroupNorm's group count
@@ -228,7 +230,6 @@ def _vae_training(c: Checker) -> None:
     c.integer("vae_train.checkpoint_every_steps", 1)
     c.integer("vae_train.keep_checkpoints", 1)
     c.integer("vae_train.seed")
-    c.integer("vae_train.val_every_steps", 0)
 
 
 def _mesh(c: Checker, devices: int | None, batch_keys: Sequence[str]) -> None:
@@ -281,6 +282,8 @@ def _evaluation(c: Checker) -> None:
     if (not isinstance(protocols, (list, tuple)) or not protocols
             or any(p not in PROTOCOLS for p in protocols)):
         c.fail("evaluate.protocols", f"must be a non-empty tuple of {' | '.join(PROTOCOLS)}")
+    elif "slice" not in protocols:
+        c.fail("evaluate.protocols", "must include slice (the other protocols build on it)")
     c.integer("evaluate.batch_size", 0)
     c.integer("evaluate.max_examples", 0)
     c.integer("evaluate.num_panels", 0)

@@ -27,6 +27,7 @@ from madad_jax.data import sources
 from madad_jax.evaluation import bootstrap, calibration
 from madad_jax.evaluation import volume_metrics as vm
 
+SplitFn = Callable[[], Mapping[str, Any] | None]
 MapsFn = Callable[[np.ndarray], np.ndarray]
 
 
@@ -99,26 +100,17 @@ def healthy_test_fpr(split: Mapping[str, Any], maps: np.ndarray,
             "units_with_a_flag": float(flagged.reshape(n, -1).any(1).mean()) if n else None}
 
 
-def _val_split(config, val: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
-    if val is not None:
-        return val
-    data = sources.eval_slices(config, "val")
-    if data is None:
-        return None
-    order = np.argsort([str(n) for n in data["names"]], kind="stable")
-    return {k: (v[order] if isinstance(v, np.ndarray) and len(v) == len(order) else v)
-            for k, v in data.items()}
-
-
 def extend(config, result: dict[str, Any], test: Mapping[str, Any], maps: np.ndarray,
-           val: Mapping[str, Any] | None, maps_fn: MapsFn, checkpoint: str,
-           step: int | None) -> dict[str, Any]:
+           val_split: SplitFn, val_maps: Callable[[], np.ndarray], checkpoint: str,
+           step: int | None, maps_fn: MapsFn | None = None) -> dict[str, Any]:
     """Add `calibrated`, `detection` and `intervals` to `result` (test maps with labels);
-    returns what `write` puts on disk."""
+    `val_split` and `val_maps` give the val split and its maps, asked for only when the
+    threshold is calibrated; `maps_fn` maps the healthy test units, when the data have
+    them. Returns what `write` puts on disk."""
     e = config.evaluate
     extras: dict[str, Any] = {"calibration": None, "volume_rows": None}
     segs = test["segmentations"]
-    healthy = sources.eval_slices(config, "test_healthy")
+    healthy = None if maps_fn is None else sources.eval_slices(config, "test_healthy")
     if healthy is not None and len(healthy["images"]):
         healthy = (healthy, np.asarray(maps_fn(healthy["images"])).reshape(
             len(healthy["images"]), *maps.shape[1:]))
@@ -127,14 +119,14 @@ def extend(config, result: dict[str, Any], test: Mapping[str, Any], maps: np.nda
     result["detection"] = detection(test, maps, float(e.detection_quantile), healthy)
     method = str(e.threshold)
     if method != "oracle":
-        v = _val_split(config, val)
+        v = val_split()
         if v is None:
             print(f"warning: evaluate.threshold={method} needs a val split; no calibrated figures",
                   file=sys.stderr)
         else:
             s = config.sample
             rec = calibration.calibrate(
-                method, maps_fn(v["images"]), v["brainmasks"], v.get("segmentations"),
+                method, val_maps(), v["brainmasks"], v.get("segmentations"),
                 target_fpr=float(e.target_fpr), percentile=float(e.threshold_percentile),
                 split="val", checkpoint=checkpoint, step=step,
                 map_settings={"ddim_steps": int(s.ddim_steps), "eta": float(s.eta),

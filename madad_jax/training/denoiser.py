@@ -12,7 +12,7 @@ repeats the uninterrupted run bit for bit (on CPU)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
@@ -23,19 +23,15 @@ import optax
 
 from madad_jax import diffusion
 from madad_jax.core import checkpoint as ckpt
-from madad_jax.core import mesh as mesh_lib
 from madad_jax.core.errors import InputError
 from madad_jax.diffusion.latent_norm import LatentNorm
 from madad_jax.models import build_denoiser, build_vae, sample_posterior
 from madad_jax.models.adapters import denoiser_fn, vae_encode
-from madad_jax.models.arch import arch_from_config
 from madad_jax.training.loop import (
     Batch,
     LoopSettings,
     ShardedTask,
     State,
-    config_json,
-    fit,
     new_state,
 )
 from madad_jax.training.optimizer import lr_schedule, make_optimizer
@@ -203,6 +199,8 @@ class DenoiserTask(ShardedTask):
         return self._init(jax.device_put(vae_params, self._vae_sharding))
 
     def step_fn(self, step: int) -> Callable:
+        """The one compiled step: the denoiser's update does not change with `step` (the
+        `Task` protocol passes it for the autoencoder's discriminator start)."""
         return self.step
 
     @property
@@ -258,25 +256,3 @@ def loop_settings(config, workdir: str, steps_per_epoch: int | None = None) -> L
     return LoopSettings.of("train", checkpoint_dir(workdir), config.train,
                            **epoch_settings(config.train, steps_per_epoch))
 
-
-def train_loop(
-    config,
-    workdir: str,
-    batches: Iterator[Batch],
-    vae_params: Any | None,
-    val_batches: list[Batch] | None = None,
-    mesh=None,
-    norm: LatentNorm | None = None,
-    steps_per_epoch: int | None = None,
-) -> State:
-    """Train the denoiser to `train.num_steps`, resuming from `DIR/checkpoints/` if present.
-
-    `batches` yields this process's share of each global batch (numpy dicts) and has
-    `get_state()` / `set_state()` (a grain iterator). `vae_params` are used only when no
-    checkpoint exists yet (a resumed run takes the VAE stored in its checkpoint).
-    """
-    mesh = mesh_lib.make_mesh(config) if mesh is None else mesh
-    task = make_task(config, mesh, vae_params, norm, steps_per_epoch)
-    return fit(task, workdir, batches, loop_settings(config, workdir, steps_per_epoch),
-               arch=arch_from_config(config), config_json=config_json(config),
-               val_batches=val_batches)

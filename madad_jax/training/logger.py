@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import Any
 
 import jax
 
@@ -49,6 +50,12 @@ class Logger:
             self.bar.set_postfix_str(f"loss {values['loss']:.4g}", refresh=False)
         shown = " ".join(f"{k} {v:.4g}" for k, v in values.items())
         self.bar.write(f"[{prefix}] step {step}: {shown}", file=sys.stderr)
+
+    def image(self, step: int, tag: str, image: Any) -> None:
+        """One (H,W) grey image in [0, 1] under `tag`."""
+        if self.active:
+            self.writer.add_image(tag, image, step, dataformats="HW")
+            self.writer.flush()
 
     def message(self, text: str) -> None:
         if self.active:

@@ -121,7 +121,8 @@ class LoopSettings:
         kw = dict(num_steps=int(section.num_steps if num_steps is None else num_steps),
                   batch_size=int(section.batch_size), log_every=int(section.log_every_steps),
                   checkpoint_every=int(section.checkpoint_every_steps),
-                  keep=int(section.keep_checkpoints), val_every=int(section.val_every_steps),
+                  keep=int(section.keep_checkpoints),
+                  val_every=int(section.get("val_every_steps", 0)),  # the autoencoder has none
                   resume_from_damaged=str(section.resume_from_damaged),
                   profile=tuple(int(x) for x in (section.get("profile_steps") or ())))
         return cls(name, ckpt_dir, **dict(kw, **overrides))
@@ -173,12 +174,13 @@ def fit(
     arch: dict[str, Any],
     config_json: dict[str, Any],
     val_batches: ValBatches | None = None,
+    on_step: Callable[[int, State, Logger], None] | None = None,
 ) -> State:
     """The resumable training loop of the denoiser and the autoencoder: it resumes from the
-    newest checkpoint in `settings.ckpt_dir` (data iterator included) and checks the metrics
-    for NaN/Inf before each save, so a bad state is never written. With `val_batches` (a
-    list, or a function that yields them anew) it validates as `settings.validates_at` says
-    and keeps one best copy per entry of `task.best_copies` in `workdir/<name>/`."""
+    newest checkpoint in `settings.ckpt_dir` (data iterator included), checks the metrics for
+    NaN/Inf before each save (a bad state is never written), validates on `val_batches` (a
+    list, or a function that yields them anew) as `settings.validates_at` says, keeping a best
+    copy per `task.best_copies` in `workdir/<name>/`, then calls `on_step(done, state, log)`."""
     s, name, ckpt_dir = settings, settings.name, settings.ckpt_dir
     mngr = ckpt.train_manager(ckpt_dir, s.keep)
     state, latest = _resume(task, mngr, batches, s)
@@ -223,6 +225,7 @@ def fit(
                     _stop_preempted(mngr, done, ckpt_dir, t0)
                 if copies and s.validates_at(done):
                     _validate(task, state, done, val_batches, copies, best, arch, log, workdir)
+                (on_step or _no_hook)(done, state, log)  # train.eval_every_steps
                 log.step(done)
         if tracing:
             _profile(s.profile, s.profile[1] + 1, workdir, tracing, state)
@@ -259,6 +262,10 @@ def _after_error(err: BaseException, tracing: bool, closables: list, ckpt_dir: s
         os_err = damage.os_error_of(err, ckpt_dir)
         if os_err is not None:
             raise os_err from err
+
+
+def _no_hook(done: int, state: State, log: Logger) -> None:
+    """No per-step hook (`fit`'s `on_step`)."""
 
 
 def _profile(steps: tuple[int, ...], step: int, workdir: str, tracing: bool,

@@ -7,6 +7,7 @@ the task, then the resumable loop `fit`. `madad_jax.main` holds the workdir's lo
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from etils import epath
@@ -20,10 +21,12 @@ from madad_jax.training.loop import State, config_json, fit
 from madad_jax.training.plan import make_plan
 
 
-def train(config, workdir: str) -> State:
+def train(config, workdir: str, probe: Callable[[Any, str], Any] | None = None) -> State:
     """`mode=train`: (train the VAE if asked, then) train the denoiser; resumes in `workdir`.
 
-    `workdir` may be a local path or a bucket URL (gs://...) that every host sees.
+    `workdir` may be a local path or a bucket URL (gs://...) that every host sees. `probe`
+    (`evaluation.during_training.probe`, passed in by `main`: training may not import
+    evaluation) makes the hook of `train.eval_every_steps` from the plan's config.
     """
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     if config.checkpoint and hosts.is_main():
@@ -39,7 +42,8 @@ def train(config, workdir: str) -> State:
                               plan.steps_per_epoch)
     settings = denoiser.loop_settings(cfg, workdir, plan.steps_per_epoch)
     return fit(task, workdir, batches, settings, arch=arch_from_config(cfg),
-               config_json=config_json(cfg), val_batches=val)
+               config_json=config_json(cfg), val_batches=val,
+               on_step=probe(cfg, workdir) if probe is not None else None)
 
 
 
