@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental.compilation_cache import compilation_cache as cc
 
 from configs import demo
 from madad_jax import main
@@ -23,12 +24,14 @@ def no_jax_cache():
     old = {k: getattr(jax.config, k) for k in (
         "jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
         "jax_persistent_cache_min_entry_size_bytes")}
+    cc.reset_cache()  # forget a cache an earlier test opened
     jax.config.update("jax_compilation_cache_dir", None)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     yield
     for k, v in old.items():
         jax.config.update(k, v)
+    cc.reset_cache()
 
 
 def test_resolve(tmp_path, no_jax_cache):
