@@ -102,8 +102,12 @@ def initialize_distributed(config) -> bool:
 
 def run(config, workdir: str) -> None:
     """Run `config.mode` (a validated config) under the workdir's lock."""
+    from madad_jax.core import compile_cache
+
     with _workdir_lock(config, workdir):
-        _run_mode(config, workdir, config.mode)
+        # Before any jit, and inside the lock: a refused run writes nothing.
+        with compile_cache.enabled(compile_cache.resolve(config.compile_cache, workdir)):
+            _run_mode(config, workdir, config.mode)
 
 
 def _workdir_lock(config, workdir: str):

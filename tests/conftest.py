@@ -13,6 +13,19 @@ FIXTURES = Path(
     os.environ.get("MADAD_FIXTURES", REPO.parent / "shared" / "fixtures" / "official")
 )
 CASE = FIXTURES / "unet_mc32_img64"
+# Opt-in: one persistent compilation cache for the whole suite and across runs
+# (`MADAD_TEST_COMPILE_CACHE=~/.cache/madad_jax_tests python -m pytest -q`). Safe: an entry is
+# only loaded for the exact program, jaxlib, device and flags it was made from (README).
+SUITE_CACHE = os.path.expanduser(os.environ.get("MADAD_TEST_COMPILE_CACHE", ""))
+
+
+def pytest_configure(config) -> None:
+    if SUITE_CACHE:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", SUITE_CACHE)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 def on_ci() -> bool:
@@ -47,7 +60,7 @@ def compilation_cache(tmp_path_factory):
     keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
             "jax_persistent_cache_min_entry_size_bytes")
     old = {k: getattr(jax.config, k) for k in keys}
-    jax.config.update(keys[0], str(tmp_path_factory.mktemp("jax_cache")))
+    jax.config.update(keys[0], SUITE_CACHE or str(tmp_path_factory.mktemp("jax_cache")))
     jax.config.update(keys[1], 0.0)
     jax.config.update(keys[2], -1)
     yield

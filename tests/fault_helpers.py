@@ -34,8 +34,9 @@ def env(cache: Path) -> dict[str, str]:
 
 def shared_cache(tmp_path_factory) -> Path:
     """One compilation cache for the whole session: the lock and fault tests run the same
-    tiny programs."""
-    return tmp_path_factory.getbasetemp() / "fault_jax_cache"
+    tiny programs (the suite's own with MADAD_TEST_COMPILE_CACHE, see conftest.py)."""
+    suite = os.path.expanduser(os.environ.get("MADAD_TEST_COMPILE_CACHE", ""))
+    return Path(suite) if suite else tmp_path_factory.getbasetemp() / "fault_jax_cache"
 
 
 # The tiny training every row runs: two checkpoints, so a kill can land between them.

@@ -15,7 +15,8 @@ TRAIN_KEYS = {"figure", "model", "batch", "image_size", "latent_cache", "dtype",
               "step_s", "step_s_min", "step_s_max", "step_s_spread", "step_cpu_s",
               "slices_per_s", "lower_s", "compile_s", "flops", "flops_xla", "mfu",
               "peak_rss_mb", "device_peak_mb", "temp_mb", "backend", "device_kind",
-              "load_avg_1m"}
+              "load_avg_1m", "cpu_model", "cpu_vector", "gflops_per_s", "gflops_per_s_xla",
+              "compile_cache"}
 INFER_KEYS = {"figure", "model", "batch", "ddim_steps", "impl", "batch_s", "slice_s",
               "slices_per_s", "volume_s_projected", "lower_s", "compile_s", "flops",
               "flops_xla", "mfu", "peak_rss_mb"}
@@ -58,6 +59,8 @@ def test_smoke_all_figures(tmp_path, capsys):
     assert inf["volume_s_projected"] == pytest.approx(155 * inf["batch_s"])
 
     assert len(by["data"]) == 2  # without and with augmentation
+    assert tr["gflops_per_s"] == pytest.approx(tr["flops"] / tr["step_s"] / 1e9)
+    assert tr["compile_cache"] is None  # every compile cold by default
     for d in by["data"]:
         assert DATA_KEYS <= set(d)
         assert _finite_positive(d["slices_per_s"])
@@ -119,3 +122,31 @@ def test_attention_is_chosen_through_the_config():
         outs[name] = model.apply(params, z, t)[0]
     for name in ("naive", "blocked"):
         assert jnp.allclose(outs[name], outs["xla"], rtol=1e-5, atol=1e-5), name
+
+
+def test_cpu_info(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n"
+                    "model\t\t: 1\nmodel name\t: AMD EPYC 7B13\n"
+                    "flags\t\t: fpu sse avx2 fma\n\nprocessor\t: 1\nflags\t\t: avx512f\n")
+    got = bench.harness.cpu_info(str(info))
+    assert got == dict(cpu_model="AMD EPYC 7B13", cpu_family="25", cpu_model_number="1",
+                       cpu_vector=["avx2", "fma"])  # the first processor's flags only
+    assert bench.harness.cpu_info(str(tmp_path / "none"))["cpu_vector"] == []
+
+
+def test_compile_cache_flag(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    args = ["--tiny", "--what=train", "--model=UNet_XS", "--batch=2", "--latent-cache=on",
+            "--reps=1", "--warmup=1", f"--compile-cache={cache}"]
+    before = jax.config.jax_compilation_cache_dir
+    min_s = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # tiny: fast compiles
+    try:
+        assert bench.main(args) == 0
+    finally:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", min_s)
+    fig = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert fig["compile_cache"] == str(cache) and "error" not in fig
+    assert any(p.name.endswith("-cache") for p in cache.iterdir())
+    assert jax.config.jax_compilation_cache_dir == before  # put back

@@ -154,8 +154,10 @@ def test_flag_threshold(ref):
         out[thr] = jax.tree.map(np.asarray, infer(ref["params"], x, jax.random.key(0)))
     none, mid, every = out[0.0], out[0.7], out[1.01]
     np.testing.assert_array_equal(none["latent"], none["encoded"])
-    # the two decodes of the same latent may differ by float rounding (separate fusions)
-    assert none["anomaly_map"].max() < 1e-4 and none["flagged_frac"].max() == 0.0
+    # Nothing flagged: the second decode is skipped, the sample is the reconstruction.
+    np.testing.assert_array_equal(none["sample"], none["reconstruction"])
+    assert none["anomaly_map"].max() == 0.0 and none["flagged_frac"].max() == 0.0
+    assert not np.array_equal(mid["sample"], mid["reconstruction"])  # decoded anew
     assert every["steps_flagged"].all() and every["flagged_frac"].min() == 1.0
     np.testing.assert_array_equal(mid["steps_flagged"], mid["steps_p_clean"] < 0.7)
     assert 0.0 < mid["flagged_frac"].mean() < 1.0

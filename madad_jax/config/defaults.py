@@ -45,6 +45,10 @@ def run_section(c: ml_collections.ConfigDict) -> None:
     c.mode = "train_and_evaluate"  # train | evaluate | predict | train_and_evaluate | train_vae
     c.checkpoint = ""  # an Orbax checkpoint to load instead of the workdir's latest
     c.verbose = False
+    # JAX's persistent compilation cache (madad_jax.core.compile_cache): auto = the
+    # directory JAX already has (JAX_COMPILATION_CACHE_DIR), else WORKDIR/compile_cache;
+    # "" = none; any other value = that directory (e.g. ~/.cache/madad_jax to share it).
+    c.compile_cache = "auto"
     c.image_size = 256
     c.latent_scale = 0.18215
     # With data.cache_latents and a VAE trained or loaded in the run: set latent_scale to

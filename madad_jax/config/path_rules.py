@@ -31,6 +31,11 @@ def check_paths(c: Checker, mode: str, workdir: str | None, *, training: bool,
         why = writable_dir(workdir)
         if why:
             raise ConfigError("workdir", workdir, why, prefix="--")
+    cache = c("compile_cache").strip()
+    if cache not in ("", "auto") and is_local(cache):
+        why = writable_dir(os.path.expanduser(cache))
+        if why:
+            c.fail("compile_cache", why)
     kind = c("data.kind")
     if training:
         must_exist("vae_train.checkpoint", "no such checkpoint")

@@ -325,6 +325,8 @@ def validate(config, *, devices: int | None = None, workdir: str | None = None,
     """
     c = Checker(config)
     mode = c.choice("mode", MODES)
+    if not isinstance(c("compile_cache"), str):
+        c.fail("compile_cache", "must be a directory, auto or '' (no persistent cache)")
     names = _names(config)
     training = mode in TRAINING_MODES
     _model(c, names, training)

@@ -76,12 +76,17 @@ def _sampler(vae, denoiser, config, n: int, trajectory: bool = False) -> Callabl
     steps in a `lax.scan`, both decodes; no map. `thr` and `eta` are Python floats (baked into
     the program, as the reference computes) or traced scalars (one program for a sweep)."""
     encode, decode = _codec(vae, config)
-    denoise = _denoise(decode, denoiser, config, n, trajectory)
+    denoise = _denoise(None, denoiser, config, n, trajectory)
 
     def run(params, images, key, thr, eta):
         z_in = encode(params, images)
         res = denoise(params, z_in, key, thr, eta)
-        res["reconstruction"] = decode(params, z_in)
+        res["reconstruction"] = recon = decode(params, z_in)
+        # A batch in which no step flagged a position ends where it began, bit for bit: its
+        # sample is the reconstruction, and the second decode is skipped.
+        z_out = res["latent"]
+        res["sample"] = jax.lax.cond(jnp.any(z_out != z_in),
+                                     lambda: decode(params, z_out), lambda: recon)
         return res
 
     return run
@@ -101,11 +106,11 @@ def _codec(vae, config) -> tuple[Callable[..., jax.Array], Callable[..., jax.Arr
     return encode, decode
 
 
-def _denoise(decode: Callable[..., jax.Array], denoiser, config, n: int,
+def _denoise(decode: Callable[..., jax.Array] | None, denoiser, config, n: int,
              trajectory: bool = False) -> Callable[..., dict]:
     """`run(params, z_in, key, thr, eta) -> dict`: n mask-guided DDIM steps from the normalized
-    latent `z_in`, and `decode` (of `_codec`) of the result (`sample`); everything of
-    `_sampler` but the encode and the reconstruction."""
+    latent `z_in`, and `decode` (of `_codec`) of the result (`sample`; none without `decode`);
+    everything of `_sampler` but the encode and the reconstruction."""
     tables = ddim_tables(config.diffusion.num_steps, n)
     apply_den = denoiser_fn(denoiser)
 
@@ -127,7 +132,6 @@ def _denoise(decode: Callable[..., jax.Array], denoiser, config, n: int,
         (z_out, anomalous), ys = jax.lax.scan(body, init, (steps, keys))
         flagged = ys[2] if trajectory else ys
         res = dict(
-            sample=decode(params, z_out),
             latent=z_out,
             encoded=z_in,
             mean_anomalous=anomalous / n,
@@ -141,6 +145,8 @@ def _denoise(decode: Callable[..., jax.Array], denoiser, config, n: int,
                 steps_p_clean=ys[3],
                 steps_t=tables["timestep_map"][steps],
             )
+        if decode is not None:
+            res["sample"] = decode(params, z_out)
         return res
 
     return run

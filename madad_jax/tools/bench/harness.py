@@ -72,12 +72,36 @@ def memory_fields(compiled: Any = None) -> dict[str, Any]:
     return out
 
 
+# The vector extensions a figure records: XLA's CPU kernels and oneDNN pick their code by
+# these, so figures of two CPUs are only comparable with them in view.
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                "avx512_bf16", "amx_tile", "asimd", "sve")
+
+
+def cpu_info(cpuinfo: str = "/proc/cpuinfo") -> dict[str, Any]:
+    """The host CPU: model name, family / model numbers, and its vector extensions."""
+    fields: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        with open(cpuinfo) as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor's block is enough
+                name, _, value = line.partition(":")
+                fields.setdefault(name.strip(), value.strip())
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    return dict(cpu_model=fields.get("model name") or platform.processor() or None,
+                cpu_family=fields.get("cpu family"), cpu_model_number=fields.get("model"),
+                cpu_vector=[f for f in VECTOR_FLAGS if f in flags])
+
+
 def environment() -> dict[str, Any]:
     dev = jax.local_devices()[0]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return dict(backend=jax.default_backend(), device_kind=dev.device_kind,
                 jax=jax.__version__, host_cpus=os.cpu_count(), load_avg_1m=load,
-                machine=platform.machine())
+                machine=platform.machine(), **cpu_info(),
+                compile_cache=jax.config.jax_compilation_cache_dir,
+                xla_flags=os.environ.get("XLA_FLAGS", ""))
 
 
 def rate_fields(seconds: float, flops: float | None, flops_xla: float | None,
@@ -89,6 +113,7 @@ def rate_fields(seconds: float, flops: float | None, flops_xla: float | None,
     for key, f in (("", flops), ("_xla", flops_xla)):
         achieved = f / seconds if f and seconds > 0 else None
         out[f"tflops_per_s{key}"] = None if achieved is None else achieved / 1e12
+        out[f"gflops_per_s{key}"] = None if achieved is None else achieved / 1e9
         out[f"mfu{key}"] = None if achieved is None or peak is None else achieved / peak
     return out
 
