@@ -162,14 +162,17 @@ def make_split(
     )
 
 
+def _spec_fields(cfg: Any) -> dict[str, Any]:
+    """A config section (ConfigDict or dict) as spec fields, lists made tuples."""
+    items = dict(cfg.items()) if hasattr(cfg, "items") else dict(cfg)
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in items.items()}
+
+
 def specs_from_config(demo: Any) -> tuple[AnatomySpec, LesionSpec]:
     """AnatomySpec and LesionSpec from a config's `data.demo` (keys `anatomy` and `lesion`)."""
 
     def build(cls, cfg):
-        if cfg is None:
-            return cls()
-        items = dict(cfg.items()) if hasattr(cfg, "items") else dict(cfg)
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in items.items()})
+        return cls() if cfg is None else cls(**_spec_fields(cfg))
 
     return build(AnatomySpec, demo.anatomy), build(LesionSpec, demo.lesion)
 
@@ -178,11 +181,7 @@ def train_anatomy(demo: Any, anatomy: AnatomySpec) -> AnatomySpec:
     """The training subjects' AnatomySpec: `anatomy` with `data.demo.train_anatomy`'s
     overrides (more variation for training, while val and test stay as they are)."""
     extra = demo.get("train_anatomy") if hasattr(demo, "get") else None
-    if not extra:
-        return anatomy
-    items = dict(extra.items()) if hasattr(extra, "items") else dict(extra)
-    return dataclasses.replace(anatomy, **{k: tuple(v) if isinstance(v, list) else v
-                                           for k, v in items.items()})
+    return dataclasses.replace(anatomy, **_spec_fields(extra)) if extra else anatomy
 
 
 def from_config(config: Any, splits: Sequence[str] = ("train", "test")) -> dict[str, dict]:
