@@ -21,7 +21,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from madad_jax.config import MODES, validate
-from madad_jax.core import locks
+from madad_jax.core import locks, peers
 from madad_jax.core.errors import PREEMPTED_EXIT, MadadError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -96,6 +96,7 @@ def initialize_distributed(config) -> bool:
         kwargs["num_processes"] = int(d.num_processes)
     if int(d.process_id) >= 0:
         kwargs["process_id"] = int(d.process_id)
+    kwargs["heartbeat_timeout_seconds"] = int(d.heartbeat_timeout_s)
     jax.distributed.initialize(**kwargs)
     return True
 
@@ -139,6 +140,10 @@ def main(argv: list[str]) -> None:
         _fail("--config=configs/NAME.py is required")
     if not _WORKDIR.value:
         _fail("--workdir=DIR is required")
+    if multihost_requested(config) and config.distributed.supervise and not peers.in_child():
+        sys.exit(_supervise(config))
+    if peers.in_child():
+        peers.child_streams()
     verbose = bool(_VERBOSE.value or config.verbose)
     if not verbose:
         absl_logging.set_verbosity(absl_logging.WARNING)
@@ -162,6 +167,21 @@ def main(argv: list[str]) -> None:
         if verbose:
             raise
         _fail(describe(err), code=getattr(err, "exit_code", 1), quiet_after=True)
+    except Exception as err:
+        if not peers.is_peer_failure(err):
+            raise
+        peers.await_verdict(err, int(config.distributed.heartbeat_timeout_s))
+
+
+def _supervise(config) -> int:
+    """This process's work, in a child that `core.peers` watches for a lost peer."""
+    from madad_jax.core.checkpoint import RUN_DIR
+
+    rank = int(config.distributed.process_id)
+    for name in ("SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "CLOUD_TPU_TASK_ID"):
+        if rank < 0 and os.environ.get(name, "").isdigit():
+            rank = int(os.environ[name])
+    return peers.supervise(sys.argv, rank, os.path.join(_WORKDIR.value, RUN_DIR))
 
 
 def _drop_closed_loop_reports() -> None:

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from madad_jax.core import checkpoint
-from madad_jax.core.errors import PREEMPTED_EXIT
+from madad_jax.core.errors import LOST_PEER_EXIT, PREEMPTED_EXIT
 
 STEPS = 24
 # No periodic save inside the run: without the SIGTERM save, every step would be lost.
@@ -172,7 +172,8 @@ def test_resume_loop_resumes_a_run_that_exited_preempted(tmp_path):
     runs = tmp_path / "runs"
     (tmp_path / "run.sh").write_text(
         f'echo x >> {runs}\n[[ $(wc -l < {runs}) -ge 2 ]] && exit 0\nexit "$FIRST"\n')
-    for first, want_runs, want_rc in ((PREEMPTED_EXIT, 2, 0), (1, 1, 1)):
+    for first, want_runs, want_rc in ((PREEMPTED_EXIT, 2, 0), (LOST_PEER_EXIT, 2, 0),
+                                      (1, 1, 1)):
         runs.unlink(missing_ok=True)
         r = subprocess.run(["bash", str(tmp_path / "resume_loop.sh"), "cfg", "wd"],
                            env=dict(os.environ, FIRST=str(first), MAX_ATTEMPTS="3"),
@@ -181,3 +182,4 @@ def test_resume_loop_resumes_a_run_that_exited_preempted(tmp_path):
         assert len(runs.read_text().splitlines()) == want_runs, r.stdout + r.stderr
     slurm = (fh.REPO / "launch/slurm_multinode.sbatch").read_text()
     assert f"rc -eq {PREEMPTED_EXIT} ]]" in slurm and "scontrol requeue" in slurm
+    assert f"rc -eq {LOST_PEER_EXIT} ]]" in slurm

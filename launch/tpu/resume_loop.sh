@@ -4,8 +4,9 @@
 # Resuming is automatic (the same command in the same WORKDIR continues from the newest
 # checkpoint), so after a preemption this recreates the slice, reinstalls the code and runs
 # the same command again. A run stopped by SIGTERM exits 75 after saving the step it
-# reached, and is always resumed. A run that fails while the slice is still READY (bad input, a
-# diverged loss) is not retried unless RETRY_ON_ERROR=1. MAX_ATTEMPTS bounds the retries.
+# reached, and is always resumed; so is one that lost a peer host (exit 76). A run that
+# fails while the slice is still READY (bad input, a diverged loss) is not retried unless
+# RETRY_ON_ERROR=1. MAX_ATTEMPTS bounds the retries.
 set -euo pipefail
 here="$(dirname "$0")"
 source "$here/common.sh"
@@ -35,6 +36,10 @@ for ((attempt = 1; attempt <= max_attempts; attempt++)); do
   fi
   if [[ $rc -eq 75 ]]; then  # PREEMPTED_EXIT: saved the step reached on SIGTERM; resume
     echo "[resume_loop] the run saved its step and stopped on SIGTERM (exit 75): resuming"
+    continue
+  fi
+  if [[ $rc -eq 76 ]]; then  # LOST_PEER_EXIT: a host died; every host restarts, resuming
+    echo "[resume_loop] a peer process was lost (exit 76): restarting every host"
     continue
   fi
   if [[ "$(tpu_state)" == "READY" && "${RETRY_ON_ERROR:-0}" != "1" ]]; then

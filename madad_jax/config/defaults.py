@@ -232,9 +232,11 @@ def mesh_section() -> ml_collections.ConfigDict:
 def distributed_section() -> ml_collections.ConfigDict:
     """`distributed`: multi-host start-up. "auto" initializes jax.distributed when the
     environment says so (SLURM, JAX_COORDINATOR_ADDRESS, ...); "on" always (Cloud TPU pods);
-    "off" never."""
+    "off" never. `heartbeat_timeout_s` bounds how long a survivor waits for a lost peer;
+    `supervise` reports that loss in one line (`core.peers`)."""
     return ml_collections.ConfigDict(
-        dict(initialize="auto", coordinator_address="", num_processes=0, process_id=-1)
+        dict(initialize="auto", coordinator_address="", num_processes=0, process_id=-1,
+             heartbeat_timeout_s=100, supervise=True)
     )
 
 

@@ -313,6 +313,7 @@ def _evaluation(c: Checker) -> None:
         c.fail("distributed.initialize", "must be auto | on | off")
     c.integer("distributed.num_processes", 0)
     c.integer("distributed.process_id", -1)
+    c.integer("distributed.heartbeat_timeout_s", 1)
 
 
 def validate(config, *, devices: int | None = None, workdir: str | None = None,

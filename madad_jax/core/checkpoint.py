@@ -92,9 +92,28 @@ def latest_step(directory: str) -> int | None:
 
 def load_params(directory: str, step: int | None = None) -> tuple[Any, dict[str, Any]]:
     """Restore `(params, arch)` as numpy pytrees, without any training code."""
-    _, out = _restore(directory, step, params=ocp.args.StandardRestore(),
+    _require_dir(directory)
+    with manager(directory) as mngr:
+        step = mngr.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"{directory}: no checkpoint found")
+    _, out = _restore(directory, step, params=local_restore(directory, step, "params"),
                       arch=ocp.args.JsonRestore())
-    return out["params"], out["arch"]
+    return jax.tree.map(np.asarray, out["params"]), out["arch"]
+
+
+def local_restore(directory: str, step: int, name: str) -> ocp.args.StandardRestore:
+    """Restore arguments for item `name` that place every array on this process's first
+    device, whatever the topology that saved it (a checkpoint of a multi-process run reads
+    on one machine). Unreadable metadata leaves the item's own restore to report it."""
+    try:
+        meta = ocp.StandardCheckpointHandler().metadata(
+            epath.Path(_abs(directory)) / str(step) / name)
+    except Exception:  # noqa: BLE001 - a damaged item: restore_items names the file
+        return ocp.args.StandardRestore()
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return ocp.args.StandardRestore(jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta))
 
 
 def load_arch(directory: str, step: int | None = None) -> dict[str, Any]:
@@ -290,12 +309,13 @@ def restore_inference(path: str | os.PathLike, step: int | None = None,
             if missing:
                 raise CheckpointError(os.path.join(directory, str(step)),
                                       f"checkpoint lacks item(s) {sorted(missing)}")
-            args = dict(params=ocp.args.StandardRestore(), arch=ocp.args.JsonRestore())
+            args = dict(params=local_restore(directory, step, "params"),
+                        arch=ocp.args.JsonRestore())
             if "config" in items:
                 args["config"] = ocp.args.JsonRestore()
             use_ema = ema and "ema" in items
             if use_ema:
-                args["ema"] = ocp.args.StandardRestore()
+                args["ema"] = local_restore(directory, step, "ema")
             out = restore_items(mngr, step, args)
     except (CheckpointError, FileNotFoundError):
         raise

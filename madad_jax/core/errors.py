@@ -20,6 +20,9 @@ class InputError(MadadError, ValueError):
 # The exit code of a run stopped by SIGTERM (a preemption) after it saved what it had done:
 # EX_TEMPFAIL of sysexits.h, "try again". The launch scripts retry on it.
 PREEMPTED_EXIT = 75
+# The exit code of a multi-process run that lost a peer (`core.peers`): every process must
+# be restarted; the same command resumes from the last checkpoint. The launch scripts retry.
+LOST_PEER_EXIT = 76
 
 
 class Preempted(MadadError):
