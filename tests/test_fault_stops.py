@@ -169,9 +169,9 @@ def test_sigterm_during_autoencoder_training_saves_and_the_rerun_is_bit_equal(ct
 
 
 def test_sigterm_during_the_latent_cache_build_stops_in_one_line_and_keeps_no_cache(ctx):
-    """The cache build shows its progress; SIGTERM there ends in one line with
-    PREEMPTED_EXIT, no manifest (what a later run trusts) and no partial shard; the rerun
-    builds it and trains."""
+    """The cache build and the first step's compile show their progress; SIGTERM during
+    the build ends in one line with PREEMPTED_EXIT, no manifest (what a later run trusts)
+    and no partial shard; the rerun builds it and trains."""
     workdir = ctx["root"] / "cache_preempted"
     cache = workdir / "latent_cache"
     cmd = fh.main_cmd(workdir, ctx["data"], ctx["vae"], "--config.data.cache_latents=True",
@@ -185,6 +185,7 @@ def test_sigterm_during_the_latent_cache_build_stops_in_one_line_and_keeps_no_ca
 
     r = fh.run(cmd, ctx["env"])
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "compiling the train step" in r.stderr  # on the progress bar, before step 1
     assert (cache / "train.manifest.json").exists() and checkpoint.latest_step(
         str(workdir / "checkpoints")) == 1
 
