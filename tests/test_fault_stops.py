@@ -128,6 +128,68 @@ def test_a_diverging_run_stops_in_one_line_and_keeps_the_last_good_checkpoint(ct
         assert all(np.isfinite(x).all() for x in jax.tree.leaves(params)), step
 
 
+# the autoencoder's loop and the latent cache under SIGTERM ------------------------------
+
+VAE_STEPS = 12
+VAE_ARGS = ("--config.mode=train_vae", f"--config.vae_train.num_steps={VAE_STEPS}",
+            "--config.vae_train.checkpoint_every_steps=1000",
+            "--config.vae_train.log_every_steps=1")
+
+
+@pytest.fixture(scope="module")
+def vae_straight(ctx) -> Path:
+    """The uninterrupted `mode=train_vae` run."""
+    workdir = ctx["root"] / "vae_straight"
+    r = fh.run(fh.main_cmd(workdir, ctx["data"], None, *VAE_ARGS), ctx["env"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    return workdir
+
+
+def test_sigterm_during_autoencoder_training_saves_and_the_rerun_is_bit_equal(ctx,
+                                                                               vae_straight):
+    workdir = ctx["root"] / "vae_preempted"
+    ckpts = workdir / "vae_checkpoints"
+    cmd = fh.main_cmd(workdir, ctx["data"], None, *VAE_ARGS)
+    stopped = _sigterm_after(cmd, ctx["env"], line="[vae] step 3:")
+    assert stopped.returncode == PREEMPTED_EXIT, stopped.stderr[-3000:]
+    line = fh.error_line(stopped, "SIGTERM", str(ckpts))
+    at = int(re.search(r"after step (\d+)", line).group(1))
+    assert 3 <= at < VAE_STEPS, line
+    assert checkpoint.latest_step(str(ckpts)) == at
+    assert not fh.tmp_files(workdir) and not (workdir / ".lock").exists()
+
+    r = fh.run(cmd, ctx["env"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"at step {at}" in r.stderr, r.stderr[-3000:]
+    a = jax.tree.leaves(checkpoint.load_params(str(vae_straight / "vae_checkpoints"))[0])
+    b = jax.tree.leaves(checkpoint.load_params(str(ckpts))[0])
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.dtype == y.dtype and np.array_equal(x, y), "the resumed run differs"
+
+
+def test_sigterm_during_the_latent_cache_build_stops_in_one_line_and_keeps_no_cache(ctx):
+    """The cache build and the first step's compile show their progress; SIGTERM during
+    the build ends in one line with PREEMPTED_EXIT, no manifest (what a later run trusts)
+    and no partial shard; the rerun builds it and trains."""
+    workdir = ctx["root"] / "cache_preempted"
+    cache = workdir / "latent_cache"
+    cmd = fh.main_cmd(workdir, ctx["data"], ctx["vae"], "--config.data.cache_latents=True",
+                      "--config.train.num_steps=1")
+    stopped = _sigterm_after(cmd, ctx["env"], line="[train] latent cache: encoding")
+    assert stopped.returncode == PREEMPTED_EXIT, stopped.stderr[-3000:]
+    assert f"[train] latent cache: encoding the training slices into {cache}" in stopped.stderr
+    fh.error_line(stopped, "stopped by SIGTERM before its work was done")
+    assert not (cache / "train.manifest.json").exists(), os.listdir(cache)
+    assert not fh.tmp_files(workdir) and not (workdir / "checkpoints").exists()
+
+    r = fh.run(cmd, ctx["env"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "compiling the train step" in r.stderr  # on the progress bar, before step 1
+    assert (cache / "train.manifest.json").exists() and checkpoint.latest_step(
+        str(workdir / "checkpoints")) == 1
+
+
 # a checkpoint that does not match the config ---------------------------------------------
 
 def _evaluate_demo(workdir: Path, checkpoint_dir: Path, *extra: str) -> list[str]:
@@ -160,6 +222,58 @@ def test_a_differing_architecture_is_named_before_work_and_sigterm_stops_it(ctx,
     assert "the checkpoint's architecture is used" in warning
     rest = "\n".join(r.stderr.splitlines()[1:])
     assert rest.startswith("error: stopped by SIGTERM") and "Traceback" not in rest, rest
+
+
+# resuming into a workdir that holds another model ---------------------------------------
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def _resume_into_copy(ctx, trained: Path, tmp_path: Path, vae: Path | None, *args: str):
+    """Run `args` in a copy of the `trained` workdir; (result, checkpoints dir, before)."""
+    workdir = tmp_path / "copy"
+    shutil.copytree(trained, workdir)
+    ckpts = workdir / ("vae_checkpoints" if "--config.mode=train_vae" in args else "checkpoints")
+    before = _files(ckpts)
+    r = fh.run(fh.main_cmd(workdir, ctx["data"], vae, *args), ctx["env"])
+    return r, ckpts, before
+
+
+def test_resuming_another_denoiser_architecture_is_refused_in_one_line(ctx, straight, tmp_path):
+    r, ckpts, before = _resume_into_copy(ctx, straight, tmp_path, ctx["vae"], *ARGS,
+                                         "--config.model.unet.model_channels=64")
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert fh.error_line(r) == (
+        f"error: {ckpts} holds a model with model.unet.model_channels=32 (config: 64): its "
+        "saved denoiser parameters cannot be restored into the config's model; train in a "
+        "new --workdir, or resume with the checkpoint's keys "
+        "(--config.model.unet.model_channels=32)")
+    assert "compiling" not in r.stderr and _files(ckpts) == before
+
+
+def test_resuming_with_another_latent_scale_warns_in_one_line_and_uses_the_config(ctx, straight,
+                                                                               tmp_path):
+    r, ckpts, before = _resume_into_copy(ctx, straight, tmp_path, ctx["vae"], *ARGS,
+                                         "--config.latent_scale=0.5")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("warning: ")]
+    assert warnings == [f"warning: {ckpts} holds a model with latent_scale=0.18215 (config: "
+                        "0.5); resuming with the config's values"], r.stderr[-3000:]
+    assert _files(ckpts) == before  # the run had all its steps already
+
+
+def test_resuming_another_autoencoder_architecture_is_refused_in_one_line(ctx, vae_straight,
+                                                                       tmp_path):
+    r, ckpts, before = _resume_into_copy(ctx, vae_straight, tmp_path, None, *VAE_ARGS,
+                                         "--config.vae.ch=64")
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert fh.error_line(r) == (
+        f"error: {ckpts} holds a model with vae.ch=32 (config: 64): its saved autoencoder "
+        "parameters cannot be restored into the config's model; train in a new --workdir, "
+        "or resume with the checkpoint's keys (--config.vae.ch=32)")
+    assert _files(ckpts) == before
 
 
 # the launch scripts retry on PREEMPTED_EXIT ----------------------------------------------

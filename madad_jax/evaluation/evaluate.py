@@ -21,10 +21,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 from typing import Any
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
 from madad_jax.core import files
 from madad_jax.evaluation import protocols as plugins
@@ -84,8 +86,13 @@ def run(config, workdir: str) -> dict[str, Any]:
     names = plugins.resolve(config.evaluate.protocols)
     out_dir = os.path.join(workdir, RESULT_DIR)
     ctx = open_context(config, workdir, names, out_dir)
-    for name in names:
+    # Which plug-in runs (the selection sweep shows no bar of its own): a bar, not lines.
+    steps = tqdm(names, desc="evaluate protocols", unit="protocol", file=sys.stderr,
+                 disable=jax.process_index() != 0)
+    for name in steps:
+        steps.set_postfix_str(name, refresh=True)
         plugins.entry(name)(ctx)
+    steps.close()
     if jax.process_index() == 0:
         _write(ctx, out_dir)
         summary = {k: ctx.result.get(k) for k in ("max_dice", "f1_max", "auroc", "ap")}

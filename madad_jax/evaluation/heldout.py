@@ -11,8 +11,8 @@ the same scan (the better of bright and dark, per volume). The figures go to
 from __future__ import annotations
 
 import json
-import logging
 import os
+import sys
 from typing import Any
 
 import nibabel as nib
@@ -21,8 +21,6 @@ import numpy as np
 from madad_jax.core import files
 from madad_jax.data import heldout, preprocess
 from madad_jax.evaluation import predict
-
-log = logging.getLogger(__name__)
 
 
 def best_dice(scores: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
@@ -117,7 +115,10 @@ def run(config, workdir: str, split: str = "test", seed: int = 0) -> dict[str, A
     files.check_writable(out_dir)
     vols = heldout.volumes(split, seed)
     rows = []
-    for vol in vols:
+    for i, vol in enumerate(vols):
+        # Progress: each volume is a whole predict (tens of seconds on a CPU).
+        print(f"heldout {split}: volume {i + 1}/{len(vols)} {vol.name}: predicting",
+              file=sys.stderr, flush=True)
         paths = write_inputs(vol, os.path.join(out_dir, "inputs"))
         cfg = config.copy_and_resolve_references()
         with cfg.unlocked():
@@ -128,8 +129,9 @@ def run(config, workdir: str, split: str = "test", seed: int = 0) -> dict[str, A
         with open(written["summary"]) as f:
             row["predict_warnings"] = json.load(f).get("warnings", [])
         rows.append(row)
-        log.info("%s: model %.3f, intensity %.3f", vol.name, row["model_dice"],
-                 row["intensity_dice"])
+        print(f"heldout {split}: volume {i + 1}/{len(vols)} {vol.name}: model Dice "
+              f"{row['model_dice']:.3f}, intensity {row['intensity_dice']:.3f}",
+              file=sys.stderr, flush=True)
     result = dict(split=split, seed=seed, source=heldout.FILES[split],
                   protocol="best Dice inside the brain per volume (every threshold); "
                            "intensity: the better of bright and dark per volume",

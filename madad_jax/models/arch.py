@@ -72,7 +72,12 @@ def mismatch_line(config, arch: dict[str, Any], where: str, limit: int = 4) -> s
     diff = differences(config, arch)
     if not diff:
         return None
+    return (f"{holds(where, diff, limit)}; the checkpoint's architecture is used, "
+            "since its parameters fix the shapes")
+
+
+def holds(where: str, diff: list[tuple[str, Any, Any]], limit: int = 4) -> str:
+    """`"<where> holds a model with key=stored (config: asked), ..."` for `differences`."""
     shown = ", ".join(f"{k}={s!r} (config: {a!r})" for k, s, a in diff[:limit])
     more = f" and {len(diff) - limit} more" if len(diff) > limit else ""
-    return (f"{where} holds a model with {shown}{more}; the checkpoint's architecture is used, "
-            "since its parameters fix the shapes")
+    return f"{where} holds a model with {shown}{more}"

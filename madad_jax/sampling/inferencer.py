@@ -51,6 +51,7 @@ def run_batches(
         from tqdm import tqdm
 
         starts = tqdm(starts, total=-(-n // batch_size), desc="evaluate", unit="batch")
+        starts.set_postfix_str("compiling", refresh=True)  # the first batch waits for XLA
     for bi, s in enumerate(starts):
         batch = np.asarray(images[s : s + batch_size], np.float32)
         real = len(batch)
@@ -61,6 +62,8 @@ def run_batches(
         res = infer(params, x, jax.random.fold_in(key, bi))
         for k in keys:
             out[k].append(np.asarray(res[k])[:real])
+        if progress and bi == 0:
+            starts.set_postfix_str("", refresh=False)
     return {k: np.concatenate(v, axis=0) for k, v in out.items()}
 
 

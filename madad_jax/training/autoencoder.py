@@ -27,6 +27,7 @@ from madad_jax.models import build_vae, sample_posterior
 from madad_jax.models.adapters import vae_decode, vae_encode
 from madad_jax.models.arch import arch_from_config
 from madad_jax.models.discriminator import PatchDiscriminator
+from madad_jax.training import resume_check
 from madad_jax.training.loop import (
     Batch,
     LoopSettings,
@@ -165,6 +166,7 @@ def vae_checkpoint_dir(workdir: str) -> str:
 
 def train_loop(config, workdir: str, batches: Iterator[Batch], mesh=None) -> Any:
     """Train the autoencoder to `vae_train.num_steps` (resuming); return its parameters."""
+    resume_check.check(config, vae_checkpoint_dir(workdir), "vae")  # another model saved?
     mesh = mesh_lib.make_mesh(config) if mesh is None else mesh
     settings = LoopSettings.of("vae", vae_checkpoint_dir(workdir), config.vae_train)
     state = fit(VAETask(config, mesh), workdir, batches, settings,

@@ -57,6 +57,11 @@ class Logger:
             self.writer.add_image(tag, image, step, dataformats="HW")
             self.writer.flush()
 
+    def status(self, text: str) -> None:
+        """`text` on the progress line itself (no line of its own), until the next loss."""
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=True)
+
     def message(self, text: str) -> None:
         if self.active:
             (self.bar.write if self.bar is not None else print)(text, file=sys.stderr)

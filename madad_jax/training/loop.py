@@ -196,6 +196,8 @@ def fit(
     pending: list[tuple[int, dict]] = []
     logged: dict[str, float] = {}
     tracing = False
+    if start < s.num_steps:  # the first step waits for XLA (tens of seconds on a CPU)
+        log.status(f"compiling the {name} step")
     try:
         with preempt.watch() as stop:
             for step in range(start, s.num_steps):

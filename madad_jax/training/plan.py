@@ -27,6 +27,7 @@ from madad_jax.data.epochs import steps_in_epoch
 from madad_jax.diffusion import latent_norm
 from madad_jax.diffusion.latent_norm import LatentNorm
 from madad_jax.models.arch import tuplify
+from madad_jax.training import resume_check
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +163,8 @@ def latent_cache_of(config, workdir: str, source: str, vae_params: Any | None) -
     if vae_params is not None:
         contrast = float(config.diffusion.contrast_swap_prob) > 0
         if hosts.is_main():
+            print(f"[train] latent cache: encoding the training slices into {out} (a complete "
+                  "cache of this autoencoder is kept)", file=sys.stderr, flush=True)
             latent_cache.build_latent_cache(source, out,
                                             latent_cache.vae_encoder(config, vae_params),
                                             encoder_id=f"vae-{fingerprint(vae_params)}",
@@ -175,10 +178,11 @@ def latent_cache_of(config, workdir: str, source: str, vae_params: Any | None) -
 
 def make_plan(config, workdir: str) -> RunPlan:
     """Work out what `mode=train` trains with; may train the autoencoder first."""
+    ckpt_dir = ckpt.run_directory(workdir)
+    resume_check.check(config, ckpt_dir, "denoiser")  # before any work: another model?
     source = sources.training_source(config, workdir)
     n = slices_in(config.data.latent_cache or source)  # a cache holds one row per slice
     updates: dict[str, Any] = epoch_steps(config, n)
-    ckpt_dir = ckpt.run_directory(workdir)
     resuming = ckpt.latest_step(ckpt_dir) is not None
     vae_params = None
     if resuming:
