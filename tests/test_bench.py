@@ -31,7 +31,7 @@ def test_smoke_all_figures(tmp_path, capsys):
     out = tmp_path / "bench.jsonl"
     rc = bench.main(["--tiny", "--what=train,infer,data", "--model=DiT_S", "--batch=4",
                      "--latent-cache=off", "--ddim-steps=2", "--reps=1", "--warmup=1",
-                     f"--out={out}"])
+                     "--flag-threshold=1.0", f"--out={out}"])
     assert rc == 0
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
     written = [json.loads(line) for line in out.read_text().splitlines()]
@@ -55,6 +55,8 @@ def test_smoke_all_figures(tmp_path, capsys):
     (inf,) = by["infer"]
     assert INFER_KEYS <= set(inf)
     assert inf["ddim_steps"] == 2 and inf["impl"] == "fused"
+    # Every position flagged (P(clean) < 1): the latent changes, so both decodes ran.
+    assert (inf["flag_threshold"], inf["flagged_frac"], inf["decodes"]) == (1.0, 1.0, 2)
     assert inf["slice_s"] == pytest.approx(inf["batch_s"])  # batch 1
     assert inf["volume_s_projected"] == pytest.approx(155 * inf["batch_s"])
 

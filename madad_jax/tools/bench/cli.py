@@ -65,6 +65,17 @@ def _bools(text: str) -> list[bool]:
     return [table[v] for v in vals]
 
 
+def _fractions(text: str) -> list[float]:
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        vals = []
+    if not vals or any(not 0.0 <= v <= 1.0 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers in [0, 1], got "
+                                         f"{text!r}")
+    return vals
+
+
 def _choices(allowed: Sequence[str]) -> Callable[[str], list[str]]:
     def parse(text: str) -> list[str]:
         vals = [x.strip() for x in text.split(",") if x.strip()]
@@ -109,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dit-remat", type=_bools, default=[False], help="DiT: remat each block")
     p.add_argument("--ddim-steps", type=_ints, default=[2, 5, 10])
     p.add_argument("--infer-impl", type=_choices(INFER_IMPLS), default=["fused"])
+    p.add_argument("--flag-threshold", type=_fractions, default=[0.5],
+                   help="sample.flag_threshold; 1.0 flags every position, so both decodes "
+                        "run as in the reference (the figure's `decodes` says which ran)")
     p.add_argument("--volume", type=_bools, default=None,
                    help="also time a whole 155-slice volume end to end (default: off on CPU)")
     p.add_argument("--data-workers", type=_ints_or_zero, default=[0])
@@ -146,11 +160,11 @@ def figure_jobs(args: argparse.Namespace) -> Iterator[tuple[str, dict[str, Any],
                        lambda m=model, b=batch, kw=kw: [bench_train(m, b, **kw)])
     if "infer" in what:
         volume = args.volume if args.volume is not None else [jax.default_backend() != "cpu"]
-        for model, batch, steps, dtype, impl, attn in itertools.product(
+        for model, batch, steps, dtype, impl, attn, thr in itertools.product(
                 args.model, args.infer_batch, args.ddim_steps, args.dtype, args.infer_impl,
-                args.attention):
+                args.attention, args.flag_threshold):
             kw = dict(common, ddim_steps=steps, dtype=dtype, impl=impl, attention=attn,
-                      volume=volume[0])
+                      volume=volume[0], flag_threshold=thr)
             yield ("infer", dict(kw, model=model, batch=batch),
                    lambda m=model, b=batch, kw=kw: bench_infer(m, b, **kw))
     if "data" in what:

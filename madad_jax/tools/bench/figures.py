@@ -164,14 +164,18 @@ def _separate_infer(vae: Any, denoiser: Any, cfg: Any, sync: bool) -> Callable[.
 
 def bench_infer(model: str, batch: int, *, image_size: int, ddim_steps: int, dtype: str,
                 impl: str = "fused", attention: str = "auto", warmup: int = 1, reps: int = 3,
-                tiny: bool = False, volume: bool = False) -> list[dict[str, Any]]:
+                tiny: bool = False, volume: bool = False,
+                flag_threshold: float = 0.5) -> list[dict[str, Any]]:
     """Inference figures: per batch, per slice and per 155-slice volume (projected from the
-    batch time; measured end to end through `inferencer.run_batches` with `volume`)."""
+    batch time; measured end to end through `inferencer.run_batches` with `volume`).
+    `decodes` says whether the second decode ran (1: no position was flagged, so the exact
+    skip of `sampling.anomaly` returned the reconstruction)."""
     if impl not in INFER_IMPLS:
         raise ValueError(f"unknown inference implementation {impl!r}; expected {INFER_IMPLS}")
     cfg = model_config(model, image_size, dtype, tiny=tiny, attention=attention)
     cfg.sample.ddim_steps = int(ddim_steps)
     cfg.sample.batch_size = batch
+    cfg.sample.flag_threshold = float(flag_threshold)
     vae, denoiser = build_vae(cfg, dtype=dtype), build_denoiser(cfg)
     key = jax.random.PRNGKey(0)
     params = jax.jit(lambda k: {
@@ -194,10 +198,17 @@ def bench_infer(model: str, batch: int, *, image_size: int, ddim_steps: int, dty
     t = time_calls(lambda: run(params, images, key), max(warmup, 1), reps)
     flops_xla = flops_lib.xla_flops(compiled) if compiled is not None else None
     per_slice = t["median"] / batch
+    out = run(params, images, key)  # the separate jits always decode twice
+    changed = "latent" not in out or bool(np.any(np.asarray(out["latent"])
+                                                 != np.asarray(out["encoded"])))
     fig = dict(
         figure="infer", model=model, family=cfg.model.name, batch=batch,
         image_size=image_size, ddim_steps=int(ddim_steps), dtype=dtype, impl=impl,
         attention=attention, eta=float(cfg.sample.eta), map_source=cfg.sample.map_source,
+        flag_threshold=float(flag_threshold),
+        flagged_frac=(float(np.mean(np.asarray(out["flagged_frac"])))
+                      if "flagged_frac" in out else None),
+        decodes=2 if changed else 1,
         batch_s=t["median"], batch_s_min=t["min"], batch_s_max=t["max"],
         batch_s_spread=t["spread"], batch_s_all=t["all"], batch_cpu_s=t["cpu_median"],
         slice_s=per_slice, slices_per_s=batch / t["median"],
