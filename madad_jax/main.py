@@ -117,7 +117,10 @@ def _workdir_lock(config, workdir: str):
 
     what = {"evaluate": "evaluation", "predict": "prediction"}.get(config.mode, "training")
     writes = config.mode != "predict" or not config.predict.output
-    return locks.hold(workdir, what, enabled=writes and hosts.is_main())
+    # With several processes, JAX's preemption notifier owns SIGTERM (a C handler, which
+    # `signal.getsignal` cannot see): every process must stop at the same step.
+    return locks.hold(workdir, what, enabled=writes and hosts.is_main(),
+                      unwind_on_sigterm=not multihost_requested(config))
 
 
 def _run_mode(config, workdir: str, mode: str) -> None:

@@ -20,7 +20,7 @@ import portpicker
 import pytest
 
 from madad_jax.core import checkpoint, peers
-from madad_jax.core.errors import LOST_PEER_EXIT
+from madad_jax.core.errors import LOST_PEER_EXIT, PREEMPTED_EXIT
 
 STEPS, EVERY, KILL_AFTER, HEARTBEAT_S = 30, 5, 12, 10
 BOUND_S = HEARTBEAT_S + peers.VERDICT_SLACK_S
@@ -91,8 +91,13 @@ class Pair:
                 p.wait()
 
 
-def _params(workdir: Path) -> list[np.ndarray]:
-    return jax.tree.leaves(checkpoint.load_params(str(workdir / "checkpoints"))[0])
+def _assert_same_params(straight: Path, workdir: Path) -> None:
+    """Saved by 2 processes, read here by 1: bit-equal."""
+    a, b = (jax.tree.leaves(checkpoint.load_params(str(w / "checkpoints"))[0])
+            for w in (straight, workdir))
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.dtype == y.dtype and np.array_equal(x, y), "the resumed run differs"
 
 
 @pytest.fixture(scope="module")
@@ -131,10 +136,31 @@ def test_a_lost_peer_ends_the_survivor_in_one_line_and_both_resume_exactly(ctx, 
 
     r = Pair(ctx, workdir).finish()  # both again, the same command
     assert f"at step {at}" in r.stderr, r.stderr[-3000:]
-    a, b = _params(straight), _params(workdir)  # saved by 2 processes, read here by 1
-    assert len(a) == len(b)
-    for x, y in zip(a, b, strict=True):
-        assert x.dtype == y.dtype and np.array_equal(x, y), "the resumed run differs"
+    _assert_same_params(straight, workdir)
+
+
+def test_sigterm_to_every_process_saves_one_step_and_resumes_exactly(ctx, straight):
+    """The preemption notice of a pod: JAX's sync point makes both processes stop after the
+    same step and save it together."""
+    workdir = ctx["root"] / "preempted"
+    pair = Pair(ctx, workdir)
+    try:
+        assert pair.seen.wait(600), "".join(pair.lines[0])[-3000:]
+        for p in pair.procs:
+            p.send_signal(signal.SIGTERM)
+        ends = [pair.wait(i, timeout=300) for i in (0, 1)]
+    finally:
+        pair.close()
+    steps = set()
+    for r in ends:
+        assert r.returncode == PREEMPTED_EXIT, r.stderr[-3000:]
+        line = fh.error_line(r, "stopped by SIGTERM after step", str(workdir / "checkpoints"))
+        steps.add(int(re.search(r"after step (\d+)", line).group(1)))
+    (at,) = steps
+    assert at == checkpoint.latest_step(str(workdir / "checkpoints")) and at < STEPS
+    r = Pair(ctx, workdir).finish()
+    assert f"at step {at}" in r.stderr, r.stderr[-3000:]
+    _assert_same_params(straight, workdir)
 
 
 def test_a_checkpoint_of_two_processes_reads_in_one_for_inference(straight):

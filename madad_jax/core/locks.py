@@ -150,12 +150,14 @@ def _unwind_on_sigterm() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def hold(directory: str | os.PathLike, what: str, *, enabled: bool = True) -> Iterator[None]:
+def hold(directory: str | os.PathLike, what: str, *, enabled: bool = True,
+         unwind_on_sigterm: bool = True) -> Iterator[None]:
     """Hold `directory/.lock` for the block (creating the directory); `what` names the job
     ("training", "conversion", ...) in another process's refusal.
 
     `enabled=False` (a host other than process 0, say) holds nothing. Bucket URLs are not
-    locked: only local directories can hold an O_EXCL file.
+    locked: only local directories can hold an O_EXCL file. `unwind_on_sigterm=False`
+    leaves SIGTERM to whoever handles it (JAX's preemption notifier in a multi-process run).
     """
     directory = os.fspath(directory)
     if not enabled or "://" in directory:
@@ -176,7 +178,7 @@ def hold(directory: str | os.PathLike, what: str, *, enabled: bool = True) -> It
     token = _acquire(directory, what)
     _held[key] = 1
     try:
-        with _unwind_on_sigterm():
+        with _unwind_on_sigterm() if unwind_on_sigterm else contextlib.nullcontext():
             yield
     finally:
         del _held[key]
