@@ -178,13 +178,11 @@ def main(argv: list[str]) -> None:
 
 def _supervise(config) -> int:
     """This process's work, in a child that `core.peers` watches for a lost peer."""
-    from madad_jax.core.checkpoint import RUN_DIR
-
     rank = int(config.distributed.process_id)
     for name in ("SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "CLOUD_TPU_TASK_ID"):
         if rank < 0 and os.environ.get(name, "").isdigit():
             rank = int(os.environ[name])
-    return peers.supervise(sys.argv, rank, os.path.join(_WORKDIR.value, RUN_DIR))
+    return peers.supervise(sys.argv, rank, _WORKDIR.value)
 
 
 def _drop_closed_loop_reports() -> None:

@@ -277,15 +277,17 @@ def find_directory(path: str | os.PathLike) -> str:
     if not os.path.isdir(path):
         raise CheckpointError(path, "expected a checkpoint directory or a workdir")
     sub = run_directory(path)
-    if os.path.isdir(sub) and _steps(sub):
+    if os.path.isdir(sub) and step_numbers(sub):
         return sub
-    if _steps(path):
+    if step_numbers(path):
         return path
     raise CheckpointError(path, "no checkpoint found (neither it nor its checkpoints/ holds a "
                                 "step)")
 
 
-def _steps(directory: str) -> list[int]:
+def step_numbers(directory: str) -> list[int]:
+    """The finished steps in a CheckpointManager directory, from its file names alone
+    (Orbax's temporary step directories carry a suffix)."""
     return sorted(int(d) for d in os.listdir(directory)
                   if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
 

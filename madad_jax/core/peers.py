@@ -91,7 +91,7 @@ def lost_peer(log: str) -> str:
     return "a peer failed (the runtime named none)"
 
 
-def supervise(argv: list[str], process_id: int, checkpoints: str) -> int:
+def supervise(argv: list[str], process_id: int, workdir: str) -> int:
     """Run `python -m madad_jax.main argv[1:]` as the child; its exit code, or on the
     runtime's abort one line naming the lost peer and `LOST_PEER_EXIT`."""
     who = f"process {process_id}" if process_id >= 0 else "this process"
@@ -114,7 +114,7 @@ def supervise(argv: list[str], process_id: int, checkpoints: str) -> int:
         return rc if rc >= 0 else 128 - rc
     print(f"\nerror: lost peer: {lost_peer(log)}; {who} "
           f"ended at {time.strftime('%H:%M:%S', time.localtime(t_end))}. "
-          f"{_resume_hint(checkpoints)} The runtime's log: {log_path}",
+          f"{_resume_hint(workdir)} The runtime's log: {log_path}",
           file=sys.stderr, flush=True)
     return LOST_PEER_EXIT
 
@@ -129,7 +129,11 @@ def _die_with_parent() -> None:
         pass
 
 
-def _resume_hint(checkpoints: str) -> str:
-    steps = [int(p.name) for p in Path(checkpoints).glob("[0-9]*") if p.name.isdigit()]
-    where = f"from step {max(steps)}" if steps else "from the start (no checkpoint yet)"
+def _resume_hint(workdir: str) -> str:
+    # Imported here, not at start-up; the file names alone, as Orbax's manager would log.
+    from madad_jax.core import checkpoint
+
+    run = checkpoint.run_directory(workdir)
+    steps = checkpoint.step_numbers(run) if os.path.isdir(run) else []
+    where = f"from step {steps[-1]}" if steps else "from the start (no checkpoint yet)"
     return f"Restart every process with the same command: training resumes {where}."
