@@ -26,6 +26,11 @@ def pytest_configure(config) -> None:
         jax.config.update("jax_compilation_cache_dir", SUITE_CACHE)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+        # The same cache for the commands the tests start (`python -m madad_jax.main`, the
+        # bench, the two-process runs), which read JAX's settings from the environment.
+        os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", SUITE_CACHE)
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 
 def on_ci() -> bool:
