@@ -152,3 +152,32 @@ def test_compile_cache_flag(tmp_path, capsys):
     assert fig["compile_cache"] == str(cache) and "error" not in fig
     assert any(p.name.endswith("-cache") for p in cache.iterdir())
     assert jax.config.jax_compilation_cache_dir == before  # put back
+
+
+def test_conv_figures_check_every_lowering_against_nhwc(capsys):
+    rc = bench.main(["--tiny", "--what=conv", "--reps=1", "--warmup=0"])
+    assert rc == 0
+    figs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+    conv = [f for f in figs if f["figure"] == "conv"]
+    # The tiny VAE (ch 32, ch_mult 1, 2, at 32x32): two levels, four lowerings each.
+    assert sorted({(f["size"], f["channels"]) for f in conv}) == [(16, 64), (32, 32)]
+    assert sorted(f["impl"] for f in conv) == sorted(2 * ["nhwc", "nchw", "im2col", "shifted"])
+    for f in conv:
+        assert "error" not in f, f
+        assert f["flops"] == 2 * f["size"] ** 2 * f["channels"] ** 2 * 9
+        assert _finite_positive(f["conv_s"]) and _finite_positive(f["gflops_per_s"])
+        # Same convolution in every lowering: only the summation order may differ.
+        assert f["max_abs_diff"] <= 1e-5 + 1e-5 * f["ref_max_abs"], f
+        assert f["ref_max_abs"] > 0.1
+
+
+def test_conv_lowerings_differ_from_a_wrong_kernel():
+    from madad_jax.tools.bench import convs
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (1, 8, 8, 4))
+    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 4, 5))
+    want = convs._nhwc(x, w)
+    for name in ("im2col", "shifted"):
+        assert jnp.allclose(convs._IMPLS[name](x, w), want, atol=1e-4)
+        # A kernel flipped in space is a different convolution: the check has teeth.
+        assert not jnp.allclose(convs._IMPLS[name](x, w[::-1, ::-1]), want, atol=1e-2)

@@ -3,6 +3,7 @@
     python -m madad_jax.bench --what=train --model=UNet_XS --batch=8 --image-size=256
     python -m madad_jax.bench --what=infer --model=UNet_XS --infer-batch=1 --ddim-steps=2,5,10
     python -m madad_jax.bench --what=data
+    python -m madad_jax.bench --what=conv --reps=5   # the VAE's 3x3 convs, four lowerings
     python -m madad_jax.bench --tiny            # seconds-long smoke run of everything
 
 Every list-valued flag (`--model=UNet_XS,DiT_B`, `--dtype=float32,bfloat16`, `--donate=true,
@@ -25,15 +26,20 @@ Only jax, flax, optax, numpy, ml_collections and orbax (and scipy, through the s
 smoothing) are imported at module level; the data benchmark imports grain and ArrayRecord
 when it runs.
 
+`--what=conv` times the VAE's 3x3 convolution at each level in four lowerings (NHWC, NCHW,
+im2col, nine shifted matmuls), each checked against NHWC's output.
+
 Modules: `harness` (timing, memory, FLOP rates), `figures` (train, infer, infer_volume, data),
-`cli` (flags and the sweep). `python -m madad_jax.bench` is the public command.
+`convs` (conv), `cli` (flags and the sweep). `python -m madad_jax.bench` is the public command.
 """
 
 from madad_jax.tools.bench.cli import build_parser, figure_jobs, main
+from madad_jax.tools.bench.convs import bench_conv
 from madad_jax.tools.bench.figures import bench_data, bench_infer, bench_train, model_config
 from madad_jax.tools.bench.harness import memory_fields, rate_fields, time_calls
 
 __all__ = [
+    "bench_conv",
     "bench_data",
     "bench_infer",
     "bench_train",

@@ -23,10 +23,17 @@ import jax
 from madad_jax import config as config_lib
 from madad_jax.core import compile_cache
 from madad_jax.models.attention import ATTENTION_IMPLS
-from madad_jax.tools.bench.figures import INFER_IMPLS, bench_data, bench_infer, bench_train
+from madad_jax.tools.bench.convs import CONV_IMPLS, bench_conv, vae_conv_shapes
+from madad_jax.tools.bench.figures import (
+    INFER_IMPLS,
+    bench_data,
+    bench_infer,
+    bench_train,
+    model_config,
+)
 from madad_jax.tools.bench.harness import environment, memory_fields
 
-WHAT = ("train", "infer", "data")
+WHAT = ("train", "infer", "data", "conv")
 ATTENTIONS = tuple(ATTENTION_IMPLS)  # config.model.attention names
 
 
@@ -104,7 +111,7 @@ def _models(text: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m madad_jax.bench", description=__doc__.split("\n")[0])
     p.add_argument("--what", type=_choices(WHAT + ("all",)), default=["all"],
-                   help="figures to take: train, infer, data or all")
+                   help="figures to take: train, infer, data, conv or all")
     p.add_argument("--model", type=_models, default=["UNet_XS"],
                    help="UNet_XS..UNet_XL, DiT_S..DiT_XL (DiT_B/4: patch size 4)")
     p.add_argument("--batch", type=_ints, default=[8], help="training (and data) batch sizes")
@@ -128,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-workers", type=_ints_or_zero, default=[0])
     p.add_argument("--data-slices", type=int, default=256)
     p.add_argument("--data-seconds", type=float, default=5.0)
+    p.add_argument("--conv-impl", type=_choices(CONV_IMPLS), default=list(CONV_IMPLS),
+                   help="conv: lowerings of the VAE's 3x3 convolutions (madad_jax.tools."
+                        "bench.convs)")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--tiny", action="store_true",
@@ -173,6 +183,12 @@ def figure_jobs(args: argparse.Namespace) -> Iterator[tuple[str, dict[str, Any],
                    lambda b=batch: bench_data(args.image_size, b, slices=args.data_slices,
                                               seconds=args.data_seconds,
                                               workers=args.data_workers))
+    if "conv" in what:
+        vae_cfg = model_config("UNet_XS", args.image_size, "float32", tiny=args.tiny).vae
+        for size, ch in vae_conv_shapes(vae_cfg):
+            yield ("conv", dict(size=size, channels=ch),
+                   lambda s=size, c=ch: bench_conv(s, c, args.conv_impl, warmup=args.warmup,
+                                                   reps=args.reps, tiny=args.tiny))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
