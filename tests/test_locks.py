@@ -5,6 +5,7 @@ it, then resumed: it must still finish. A lock left by a dead process is reclaim
 from another host is not.
 """
 
+import errno
 import json
 import os
 import signal
@@ -125,3 +126,27 @@ def test_sigterm_releases_the_lock(tmp_path):
     proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM
     assert not (tmp_path / ".lock").exists()
+
+
+@pytest.mark.parametrize("links", [True, False])
+def test_the_lock_appears_whole_and_refuses_a_second_holder(tmp_path, monkeypatch, links):
+    """Hard-linked from a written file (so never seen empty), or, where the file system has
+    no hard links, created and then written; either way a second acquire is refused."""
+    real_link, linked = os.link, []
+
+    def link(src, dst):
+        if not links:
+            raise OSError(errno.EPERM, "no hard links here")
+        linked.append(json.loads(open(src).read()))  # whole before it has the lock's name
+        return real_link(src, dst)
+
+    monkeypatch.setattr(os, "link", link)
+    with locks.hold(tmp_path, "training"):
+        record = json.loads((tmp_path / ".lock").read_text())
+        assert record["pid"] == os.getpid() and linked in ([record], [])
+        assert bool(linked) == links
+        assert os.listdir(tmp_path) == [".lock"]  # no private file left beside it
+        with pytest.raises(locks.DirectoryLocked, match=f"locked by pid {os.getpid()} "):
+            locks._acquire(str(tmp_path), "training")
+        assert os.listdir(tmp_path) == [".lock"]
+    assert os.listdir(tmp_path) == []

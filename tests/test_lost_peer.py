@@ -42,7 +42,9 @@ class Pair:
     def __init__(self, ctx, workdir: Path) -> None:
         port = portpicker.pick_unused_port()
         self.lines: list[list[str]] = [[], []]
-        self.seen = threading.Event()  # process 0 (only it logs steps) logged KILL_AFTER
+        # Set when process 0 (only it logs steps) logs step KILL_AFTER, or ends before it.
+        self.seen = threading.Event()
+        self.reached = False
         self.procs = []
         for i in range(2):
             cmd = fh.main_cmd(
@@ -62,7 +64,15 @@ class Pair:
         for text in self.procs[i].stderr:
             self.lines[i].append(text)
             if i == 0 and text.startswith(f"[train] step {KILL_AFTER}:"):
+                self.reached = True
                 self.seen.set()
+        if i == 0:  # a run that fails early ends the wait at once, not after its timeout
+            self.seen.set()
+
+    def reach_kill_step(self) -> None:
+        """Wait until process 0 logged step KILL_AFTER; fail with its output if it ended."""
+        self.seen.wait(600)
+        assert self.reached, "".join(self.lines[0])[-3000:] + "".join(self.lines[1])[-2000:]
 
     def wait(self, i: int, timeout: float = 600) -> subprocess.CompletedProcess:
         p = self.procs[i]
@@ -112,7 +122,7 @@ def _kill_one(ctx, workdir: Path, victim: int) -> tuple[subprocess.CompletedProc
     the survivor's end and the seconds from the kill to it."""
     pair = Pair(ctx, workdir)
     try:
-        assert pair.seen.wait(600), "".join(pair.lines[0])[-3000:]
+        pair.reach_kill_step()
         pair.procs[victim].send_signal(signal.SIGKILL)
         t0 = time.monotonic()
         survivor = pair.wait(1 - victim, timeout=BOUND_S + 60)
@@ -145,7 +155,7 @@ def test_sigterm_to_every_process_saves_one_step_and_resumes_exactly(ctx, straig
     workdir = ctx["root"] / "preempted"
     pair = Pair(ctx, workdir)
     try:
-        assert pair.seen.wait(600), "".join(pair.lines[0])[-3000:]
+        pair.reach_kill_step()
         for p in pair.procs:
             p.send_signal(signal.SIGTERM)
         ends = [pair.wait(i, timeout=300) for i in (0, 1)]

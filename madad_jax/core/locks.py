@@ -1,6 +1,7 @@
 """One process at a time per directory: an atomic lock file holding its owner's PID and host.
 
-`hold(DIR, "training")` creates `DIR/.lock` with O_CREAT|O_EXCL, so exactly one process wins;
+`hold(DIR, "training")` hard-links a fully written record to `DIR/.lock`; a link fails when
+the name exists, so exactly one process wins;
 it removes the file when the block ends, also on an exception or SIGTERM (turned into a
 normal unwinding here). A lock left by a process that died (same host, PID gone) is
 reclaimed; one held from another host is never reclaimed, since its PID cannot be checked.
@@ -23,8 +24,8 @@ from collections.abc import Iterator
 from madad_jax.core.errors import InputError
 
 LOCK_NAME = ".lock"
-# A lock file that is still empty or unreadable after this long was left by a process
-# killed between creating and writing it.
+# A lock file that is unreadable this long after its last change is damaged (lock files of
+# an older version were created empty and then written).
 _HALF_WRITTEN_S = 10.0
 _held: dict[str, int] = {}  # real path of a locked directory -> nesting depth here
 
@@ -86,30 +87,53 @@ def _acquire(directory: str, what: str) -> str:
     path = os.path.join(directory, LOCK_NAME)
     record = {"pid": os.getpid(), "host": socket.gethostname(), "what": what,
               "token": uuid.uuid4().hex, "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    for _ in range(5):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            owner = _read(path)
-            if owner == {}:
-                continue  # released meanwhile: try again
-            stale, note = _stale(path, owner)
-            if not stale:
-                raise DirectoryLocked(directory, owner or {}, note) from None
-            # Reclaim only the file judged stale, not one a racing process just created.
-            if _read(path) == owner:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(path)
-            continue
-        try:
-            os.write(fd, (json.dumps(record) + "\n").encode())
-        except BaseException:
-            os.close(fd)
-            os.remove(path)
-            raise
-        os.close(fd)
-        return record["token"]
+    # The record is written to a private file first and hard-linked into place: the lock
+    # appears whole or not at all, so a reader never meets it half written.
+    text = json.dumps(record) + "\n"
+    tmp = f"{path}.{record['token']}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    try:
+        for _ in range(5):
+            try:
+                _place(tmp, path, text)
+            except FileExistsError:
+                owner = _read(path)
+                if owner == {}:
+                    continue  # released meanwhile: try again
+                stale, note = _stale(path, owner)
+                if not stale:
+                    raise DirectoryLocked(directory, owner or {}, note) from None
+                # Reclaim only the file judged stale, not one a racing process just created.
+                if _read(path) == owner:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(path)
+                continue
+            return record["token"]
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
     raise DirectoryLocked(directory, _read(path) or {}, "; the lock file keeps changing")
+
+
+def _place(tmp: str, path: str, text: str) -> None:
+    """Create `path` holding `text` (the content of `tmp`), or raise FileExistsError."""
+    try:
+        os.link(tmp, path)
+        return
+    except FileExistsError:
+        raise
+    except OSError as err:  # a file system without hard links: create, then write
+        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    try:
+        os.write(fd, text.encode())
+    except BaseException:
+        os.close(fd)
+        os.remove(path)
+        raise
+    os.close(fd)
 
 
 def _release(directory: str, token: str) -> None:
@@ -156,7 +180,7 @@ def hold(directory: str | os.PathLike, what: str, *, enabled: bool = True,
     ("training", "conversion", ...) in another process's refusal.
 
     `enabled=False` (a host other than process 0, say) holds nothing. Bucket URLs are not
-    locked: only local directories can hold an O_EXCL file. `unwind_on_sigterm=False`
+    locked: only local directories can hold a lock file. `unwind_on_sigterm=False`
     leaves SIGTERM to whoever handles it (JAX's preemption notifier in a multi-process run).
     """
     directory = os.fspath(directory)

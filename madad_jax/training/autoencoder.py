@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from madad_jax.core import hosts
 from madad_jax.core import mesh as mesh_lib
 from madad_jax.models import build_vae, sample_posterior
 from madad_jax.models.adapters import vae_decode, vae_encode
@@ -145,7 +146,8 @@ class VAETask(ShardedTask):
         vcfg = config.vae_train
         tx, tx_d = make_optimizers(vcfg)
         super().__init__(mesh, lambda: init_state(config, tx, tx_d), config.mesh.param_sharding)
-        self._init = jax.jit(lambda: init_state(config, tx, tx_d), out_shardings=self.shardings)
+        self._init = hosts.together(
+            jax.jit(lambda: init_state(config, tx, tx_d), out_shardings=self.shardings), "init")
         self._plain = self.jit_step(make_step(config, tx, tx_d, False))
         self._adv = self.jit_step(make_step(config, tx, tx_d, True)) if use_gan(vcfg) else None
         self.gan_start = int(vcfg.gan_start_step)

@@ -23,6 +23,7 @@ import optax
 
 from madad_jax import diffusion
 from madad_jax.core import checkpoint as ckpt
+from madad_jax.core import hosts
 from madad_jax.core.errors import InputError
 from madad_jax.diffusion.latent_norm import LatentNorm
 from madad_jax.models import build_denoiser, build_vae, sample_posterior
@@ -180,13 +181,15 @@ class DenoiserTask(ShardedTask):
         super().__init__(mesh, lambda v: init_state(config, v, self.tx),
                          config.mesh.param_sharding, vae_abstract)
         self._vae_sharding = self.shardings["params"]["vae"]
-        self._init = jax.jit(lambda v: init_state(config, v, self.tx),
-                             in_shardings=(self._vae_sharding,), out_shardings=self.shardings)
+        self._init = hosts.together(
+            jax.jit(lambda v: init_state(config, v, self.tx),
+                    in_shardings=(self._vae_sharding,), out_shardings=self.shardings), "init")
         self.step = self.jit_step(make_train_step(config, self.tx, norm, steps_per_epoch))
-        self.eval = jax.jit(make_eval_step(config, norm),
-                            in_shardings=(self.shardings["params"], self.batch_sharding,
-                                          self.replicated),
-                            out_shardings=self.replicated)
+        self.eval = hosts.together(
+            jax.jit(make_eval_step(config, norm),
+                    in_shardings=(self.shardings["params"], self.batch_sharding,
+                                  self.replicated),
+                    out_shardings=self.replicated), "eval")
 
     def init(self, vae_params: Any | None = None) -> State:
         """A fresh sharded state around the given (frozen) VAE parameters."""

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from madad_jax.core import checkpoint as ckpt
-from madad_jax.core import damage, preempt
+from madad_jax.core import damage, hosts, preempt
 from madad_jax.core import mesh as mesh_lib
 from madad_jax.core.errors import MadadError, Preempted
 from madad_jax.training.logger import Logger
@@ -73,9 +73,12 @@ class ShardedTask:
         self.replicated = mesh_lib.replicated(mesh)
 
     def jit_step(self, step: Callable[[State, Batch], tuple[State, dict]]) -> Callable:
-        """`step` jitted with the state donated and sharded, the batch split over the mesh."""
-        return jax.jit(step, in_shardings=(self.shardings, self.batch_sharding),
-                       out_shardings=(self.shardings, self.replicated), donate_argnums=(0,))
+        """`step` jitted with the state donated and sharded, the batch split over the mesh
+        (with several processes, compiled by all before its first run: `hosts.together`)."""
+        return hosts.together(
+            jax.jit(step, in_shardings=(self.shardings, self.batch_sharding),
+                    out_shardings=(self.shardings, self.replicated), donate_argnums=(0,)),
+            "step")
 
     def put_batch(self, local: Batch) -> Batch:
         return mesh_lib.global_batch(local, self.batch_sharding)
