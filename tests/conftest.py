@@ -33,6 +33,12 @@ def pytest_configure(config) -> None:
         os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: one worker per core, at most 4 (each runs JAX and starts its own
+    processes; more would trade memory for little)."""
+    return max(1, min(len(os.sched_getaffinity(0)), 4))
+
+
 def on_ci() -> bool:
     """Whether this run is CI's (`CI=true`, as .ci/run and most CI services set it)."""
     return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
