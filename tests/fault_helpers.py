@@ -94,6 +94,17 @@ def wait_for(proc: subprocess.Popen, ready, timeout: float = 300.0, what: str = 
         time.sleep(0.002)
 
 
+def outputs(procs: list[subprocess.Popen], timeout: float) -> list[str]:
+    """Each process's stdout once all have ended; any still running when one fails or
+    times out is killed."""
+    try:
+        return [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+
 def kill9(proc: subprocess.Popen) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)

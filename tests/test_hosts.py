@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fault_helpers as fh
 import portpicker
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,12 +21,7 @@ def test_a_process_far_behind_still_meets_the_other():
          f"--port={port}", f"--delay={GLOO_DEADLINE_S + 5}"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for i in range(2)]
-    try:
-        logs = [p.communicate(timeout=150)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    logs = fh.outputs(procs, timeout=150)
     for p, log in zip(procs, logs, strict=True):
         assert p.returncode == 0, log[-3000:]
         assert "sums 18.0 36.0" in log, log[-3000:]

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fault_helpers as fh
 import numpy as np
 import portpicker
 
@@ -29,15 +30,7 @@ def test_two_processes_equal_one(tmp_path):
             cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for i in range(2)
     ]
-    logs = []
-    try:
-        for p in procs:
-            out, _ = p.communicate(timeout=400)
-            logs.append(out)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    logs = fh.outputs(procs, timeout=400)
     for p, log in zip(procs, logs, strict=True):
         assert p.returncode == 0, log[-3000:]
     assert "rows 0-3" in logs[0] and "rows 4-7" in logs[1]

@@ -24,8 +24,9 @@ from collections.abc import Iterator
 from madad_jax.core.errors import InputError
 
 LOCK_NAME = ".lock"
-# A lock file that is unreadable this long after its last change is damaged (lock files of
-# an older version were created empty and then written).
+# A lock file that is still empty or unreadable after this long was left by a process
+# killed between creating and writing it (on a file system without hard links, where
+# `_place` creates it and then writes it), or is damaged.
 _HALF_WRITTEN_S = 10.0
 _held: dict[str, int] = {}  # real path of a locked directory -> nesting depth here
 
